@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from typing import ClassVar, Final
+from typing import Final
 
 from lamina.errors import LaminaError, StoreIsReadOnly
 
@@ -154,6 +154,10 @@ class _RWMutex:
 # ----------------------------------------------------------------------------- helpers
 
 
+class _Busy(Exception):
+    """Internal: a non-blocking fcntl lock attempt found the file locked by another process."""
+
+
 def _mkdir_all(path: str, mode: int) -> None:
     """Create ``path`` and missing parents, each with ``mode`` (like Go's os.MkdirAll)."""
     if not path or os.path.isdir(path):
@@ -213,8 +217,6 @@ class LockFile:
     ``modified``/``touched_since`` need any lock.
     """
 
-    _instances: ClassVar[dict[str, LockFile]] = _registry
-
     def __init__(self, path: str, read_only: bool, _key: object = None) -> None:
         if _key is not _create_key:
             raise TypeError("use LockFile.get(path) to obtain a LockFile")
@@ -267,7 +269,7 @@ class LockFile:
         return not self._ro
 
     @property
-    def locked(self) -> bool:
+    def is_locked(self) -> bool:
         """True while some thread of this process holds the lock (read or write)."""
         return self._locked
 
@@ -302,21 +304,23 @@ class LockFile:
             with self._state:
                 if self._counter == 0:
                     fd = _open_lock(self._path, self._ro)
+                    got = False
                     try:
-                        if not _fcntl_lock(fd, kind, blocking):
+                        got = _fcntl_lock(fd, kind, blocking)
+                    finally:
+                        if not got:
                             os.close(fd)
-                            self._rw.release()
-                            return False
-                    except BaseException:
-                        os.close(fd)
-                        raise
+                    if not got:
+                        raise _Busy
                     self._fd = fd
                 self._locktype = kind
                 self._locked = True
                 self._counter += 1
                 return True
-        except BaseException:
+        except BaseException as e:
             self._rw.release()
+            if isinstance(e, _Busy):
+                return False
             raise
 
     def lock(self) -> None:
@@ -355,12 +359,7 @@ class LockFile:
                 self._rw.release()
 
     @contextlib.contextmanager
-    def locked_ctx(self) -> Iterator[LockFile]:  # pragma: no cover - alias kept small
-        with self.write_locked() as lf:
-            yield lf
-
-    @contextlib.contextmanager
-    def write_locked(self) -> Iterator[LockFile]:
+    def locked(self) -> Iterator[LockFile]:
         """Context manager holding the write lock."""
         self.lock()
         try:

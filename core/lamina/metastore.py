@@ -1,0 +1,477 @@
+"""The JSON-backed record stores (layers, images, containers) and the one mechanism that guards them.
+
+Every access goes through :meth:`RecordStore.access`: take the store's lock (shared to read,
+exclusive to write), reload from disk if another process changed it, run the caller's code, and
+release. Writers call :meth:`RecordStore.save`, which rewrites the JSON atomically and touches
+the lock's last-writer token so other processes (lamina or Go) reload.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import secrets
+import threading
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from .atomicio import write_file_atomic, write_json_atomic
+from .errors import (
+    BigDataUnknown,
+    ContainerUnknown,
+    DuplicateID,
+    DuplicateName,
+    ImageUnknown,
+    InvalidBigDataName,
+    LayerUnknown,
+    NotKnown,
+    StoreCorrupt,
+    StoreIsReadOnly,
+)
+from .lockfile import LockFile
+from .records import Container, Image, Layer, RecordError
+
+R = TypeVar("R", Layer, Image, Container)
+
+_SIMPLE_KEY = re.compile(r"^[.0-9a-z]+$")
+
+
+def big_data_file_name(key: str) -> str:
+    """containers/storage's file name for a big-data key: the key itself if it is only
+    ``[.0-9a-z]``, else ``=`` + standard base64 of the key."""
+    if not key:
+        raise InvalidBigDataName()
+    if _SIMPLE_KEY.match(key) and key not in (".", ".."):
+        return key
+    return "=" + base64.b64encode(key.encode("utf-8")).decode("ascii")
+
+
+def new_id() -> str:
+    """A random 64-hex ID."""
+    return secrets.token_hex(32)
+
+
+def dedupe(names: list[str] | tuple[str, ...]) -> list[str]:
+    """*names* without repeats, first occurrence kept."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for n in names:
+        if n not in seen:
+            seen.add(n)
+            out.append(n)
+    return out
+
+
+class NeedsWriteLock(Exception):
+    """Internal: loading found something only a writer may fix (incomplete records, duplicate names)."""
+
+
+class Source:
+    """One JSON file of a record store, and whether records loaded from it belong to it."""
+
+    def __init__(self, path: str, volatile: bool, write_when_empty: bool) -> None:
+        self.path = path
+        self.volatile = volatile
+        self.write_when_empty = write_when_empty
+
+
+class RecordStore(Generic[R]):
+    """Records of one kind kept in JSON files under one lock.
+
+    Not thread-safe by itself beyond what :meth:`access` gives: call everything inside
+    ``with store.access(write=...)``.
+    """
+
+    kind = "record"
+    record_type: type
+    unknown: type[NotKnown] = NotKnown
+
+    def __init__(self, directory: str, sources: list[Source], lock_path: str, *, read_only: bool = False) -> None:
+        self.directory = directory
+        self.sources = sources
+        self.read_only = read_only
+        if not read_only:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.lock = LockFile.get(lock_path, read_only=read_only)
+        self.records: list[R] = []
+        self.by_id: dict[str, R] = {}
+        self.by_name: dict[str, R] = {}
+        self._mtimes: tuple[int, ...] = ()
+        self._loaded = False
+        self._load_mutex = threading.Lock()
+
+    # ---------------------------------------------------------------- the access mechanism
+
+    @contextlib.contextmanager
+    def access(self, write: bool = False) -> Iterator["RecordStore[R]"]:
+        """Hold the lock (exclusive if *write*) with the in-memory records fresh from disk.
+
+        A reader that finds something only a writer may repair (an incomplete layer, duplicate
+        names) retries as a writer, so callers always see a consistent, repaired store.
+        """
+        if write and self.read_only:
+            raise StoreIsReadOnly(f"{self.kind} store at {self.directory} is read-only")
+        write_held = write
+        (self.lock.lock if write_held else self.lock.rlock)()
+        try:
+            try:
+                self.reload_if_changed(locked_for_write=write_held)
+            except NeedsWriteLock:
+                self.lock.unlock()
+                write_held = True
+                try:
+                    self.lock.lock()
+                except BaseException:
+                    write_held = False
+                    raise
+                self.reload_if_changed(locked_for_write=True, force=True)
+            yield self
+        finally:
+            if write_held or not write:
+                self.lock.unlock()
+
+    def _file_mtimes(self) -> tuple[int, ...]:
+        out = []
+        for src in self.sources:
+            try:
+                out.append(os.stat(src.path).st_mtime_ns)
+            except FileNotFoundError:
+                out.append(-1)
+        return out and tuple(out) or ()
+
+    def changed_on_disk(self) -> bool:
+        """Whether another writer touched the lock since our last look (or the files' mtimes moved)."""
+        modified = self.lock.modified()
+        return modified or self._file_mtimes() != self._mtimes
+
+    def reload_if_changed(self, *, locked_for_write: bool, force: bool = False) -> None:
+        with self._load_mutex:
+            if force or not self._loaded or self.changed_on_disk():
+                self.load(locked_for_write=locked_for_write)
+
+    def load(self, *, locked_for_write: bool) -> None:
+        """Read every source; repair what needs repair when *locked_for_write*, else raise NeedsWriteLock."""
+        records: list[R] = []
+        mtimes = self._file_mtimes()
+        for src in self.sources:
+            for raw in self._read_source(src):
+                try:
+                    record = self.record_type.from_json(raw)
+                except (RecordError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise StoreCorrupt(f"{src.path}: bad {self.kind} record: {exc}") from exc
+                if src.volatile:
+                    record.volatile_store = True
+                if self.read_only and hasattr(record, "read_only"):
+                    record.read_only = True
+                records.append(record)
+        self._install(records)
+        self._mtimes = mtimes
+        self._loaded = True
+        needs_save = self.after_load(locked_for_write=locked_for_write)
+        if needs_save:
+            self.save()
+
+    def _read_source(self, src: Source) -> list[dict[str, Any]]:
+        try:
+            with open(src.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        if not data.strip():
+            return []
+        try:
+            parsed = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreCorrupt(f"{src.path}: not valid JSON: {exc}") from exc
+        if parsed is None:
+            return []
+        if not isinstance(parsed, list) or not all(isinstance(x, dict) for x in parsed):
+            raise StoreCorrupt(f"{src.path}: expected a JSON array of objects")
+        return parsed
+
+    def _install(self, records: list[R]) -> None:
+        by_id: dict[str, R] = {}
+        unique: list[R] = []
+        for r in records:
+            if r.id in by_id:
+                # A duplicated ID: keep the first record (as a Go map insert of a later one would
+                # shadow it, but the list keeps both; we prefer not to double-count).
+                continue
+            by_id[r.id] = r
+            unique.append(r)
+        self.records = unique
+        self.by_id = by_id
+        self.by_name = {}
+        self._duplicate_names = False
+        for r in unique:
+            for n in r.names:
+                if n in self.by_name and self.by_name[n] is not r:
+                    self._duplicate_names = True
+                self.by_name[n] = r
+
+    def after_load(self, *, locked_for_write: bool) -> bool:
+        """Repairs after loading; returns True if the store must be saved. Subclasses extend."""
+        if not self._duplicate_names:
+            return False
+        if not locked_for_write or self.read_only:
+            if self.read_only:
+                return False
+            raise NeedsWriteLock()
+        # The last record to claim a name keeps it (containers/storage's rule).
+        for name, owner in self.by_name.items():
+            for r in self.records:
+                if r is not owner and name in r.names:
+                    r.names = [n for n in r.names if n != name]
+        self._duplicate_names = False
+        return True
+
+    def save(self) -> None:
+        """Write every source atomically, then touch the lock (needs the write lock)."""
+        if self.read_only:
+            raise StoreIsReadOnly(f"{self.kind} store at {self.directory} is read-only")
+        self.lock.assert_locked_for_write()
+        for src in self.sources:
+            mine = [r.to_json() for r in self.records if r.volatile_store == src.volatile]
+            if not mine and not src.write_when_empty and not os.path.exists(src.path):
+                continue
+            os.makedirs(os.path.dirname(src.path), mode=0o700, exist_ok=True)
+            write_json_atomic(src.path, mine)
+        self.lock.touch()
+        self._mtimes = self._file_mtimes()
+
+    # ---------------------------------------------------------------- lookups
+
+    def lookup(self, key: str) -> R | None:
+        """By full ID, then by name, then by unique ID prefix (containers/storage's order)."""
+        if not key:
+            return None
+        found = self.by_id.get(key) or self.by_name.get(key)
+        if found is not None:
+            return found
+        matches = [r for r in self.records if r.id.startswith(key)]
+        return matches[0] if len(matches) == 1 else None
+
+    def get(self, key: str) -> R:
+        found = self.lookup(key)
+        if found is None:
+            raise self.unknown(key)
+        return found
+
+    # ---------------------------------------------------------------- shared mutations
+
+    def check_new(self, id: str, names: list[str]) -> None:
+        """Raise DuplicateID / DuplicateName if *id* or any of *names* is taken."""
+        if id in self.by_id:
+            raise DuplicateID(id)
+        for name in names:
+            other = self.by_name.get(name)
+            if other is not None:
+                raise DuplicateName(
+                    f"{self.kind} name {name!r} is already associated with {self.kind} {other.id!r}: "
+                    "that name is already in use"
+                )
+
+    def add(self, record: R) -> None:
+        self.records.append(record)
+        self.by_id[record.id] = record
+        for n in record.names:
+            self.by_name[n] = record
+
+    def discard(self, record: R) -> None:
+        self.records = [r for r in self.records if r is not record]
+        self.by_id.pop(record.id, None)
+        for n in record.names:
+            if self.by_name.get(n) is record:
+                del self.by_name[n]
+
+    def update_names(self, key: str, names: list[str], op: str) -> R:
+        """Set, add or remove names (op ``set``/``add``/``remove``); names move from other records."""
+        record = self.get(key)
+        old = list(record.names)
+        if op == "set":
+            new = dedupe(names)
+        elif op == "add":
+            new = dedupe(old + list(names))
+        elif op == "remove":
+            new = [n for n in old if n not in set(names)]
+        else:
+            raise ValueError(f"unknown name operation {op!r}")
+        for n in old:
+            if self.by_name.get(n) is record:
+                del self.by_name[n]
+        for n in new:
+            other = self.by_name.get(n)
+            if other is not None and other is not record:
+                other.names = [x for x in other.names if x != n]
+            self.by_name[n] = record
+        record.names = new
+        self.names_changed(record, new, op)
+        self.save()
+        return record
+
+    def names_changed(self, record: R, names: list[str], op: str) -> None:
+        """Hook for kinds that keep a names history."""
+
+    # ---------------------------------------------------------------- big data files
+
+    def big_data_dir(self, id: str) -> str:
+        return os.path.join(self.directory, id)
+
+    def big_data_path(self, id: str, key: str) -> str:
+        return os.path.join(self.big_data_dir(id), big_data_file_name(key))
+
+    def read_big_data(self, record: R, key: str) -> bytes:
+        if key not in record.big_data_names:
+            raise BigDataUnknown(
+                f"locating item named {key!r} for {self.kind} with ID {record.id!r}: file does not exist"
+            )
+        try:
+            with open(self.big_data_path(record.id, key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise BigDataUnknown(
+                f"locating item named {key!r} for {self.kind} with ID {record.id!r} "
+                f"(consider removing the {self.kind} to resolve the issue): file does not exist"
+            ) from None
+
+    def write_big_data_file(self, record: R, key: str, data: bytes) -> None:
+        directory = self.big_data_dir(record.id)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        write_file_atomic(self.big_data_path(record.id, key), data, 0o600)
+
+
+class ImageStore(RecordStore[Image]):
+    kind = "image"
+    record_type = Image
+    unknown = ImageUnknown
+
+    def names_changed(self, record: Image, names: list[str], op: str) -> None:
+        if op in ("set", "add"):
+            record.names_history = dedupe(list(names) + record.names_history)
+
+    def by_digest(self, digest: str) -> list[Image]:
+        return [i for i in self.records if digest in i.digests]
+
+
+class ContainerStore(RecordStore[Container]):
+    kind = "container"
+    record_type = Container
+    unknown = ContainerUnknown
+
+    def lookup(self, key: str) -> Container | None:
+        found = super().lookup(key)
+        if found is None and key:
+            found = next((c for c in self.records if c.layer == key), None)
+        return found
+
+
+class LayerRecords(RecordStore[Layer]):
+    """layers.json (plus volatile-layers.json) and the run root's mountpoints.json, saved together.
+
+    Driver work lives in :class:`lamina.layers.LayerStore`; this class only keeps records.
+    """
+
+    kind = "layer"
+    record_type = Layer
+    unknown = LayerUnknown
+
+    def __init__(self, directory: str, sources: list[Source], lock_path: str, *, read_only: bool = False,
+                 mounts_dir: str | None = None) -> None:
+        super().__init__(directory, sources, lock_path, read_only=read_only)
+        #: Called under the write lock with each incomplete layer found on load; must remove its data.
+        self.incomplete_cleaner: Callable[[Layer], None] | None = None
+        self.mounts_path = os.path.join(mounts_dir, "mountpoints.json") if mounts_dir else None
+        self.mounts_lock = (
+            LockFile.get(os.path.join(mounts_dir, "mountpoints.lock")) if mounts_dir and not read_only else None
+        )
+
+    def changed_on_disk(self) -> bool:
+        changed = super().changed_on_disk()
+        if self.mounts_lock is not None:
+            with self.mounts_lock.read_locked():
+                changed = self.mounts_lock.modified() or changed
+        return changed
+
+    def _install(self, records: list[Layer]) -> None:
+        super()._install(records)
+        if self.mounts_lock is not None:
+            with self.mounts_lock.read_locked():
+                self.mounts_lock.modified()  # remember the token we loaded
+                self.load_mounts()
+
+    def load_mounts(self) -> None:
+        """Set each layer's mount point and count from mountpoints.json (mounts lock held)."""
+        for layer in self.records:
+            layer.mount_point, layer.mount_count = "", 0
+        if self.mounts_path is None:
+            return
+        try:
+            with open(self.mounts_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return
+        try:
+            entries = json.loads(data) if data.strip() else []
+        except ValueError as exc:
+            raise StoreCorrupt(f"{self.mounts_path}: not valid JSON: {exc}") from exc
+        for entry in entries or []:
+            if not isinstance(entry, dict):
+                raise StoreCorrupt(f"{self.mounts_path}: expected a JSON array of objects")
+            layer = self.by_id.get(str(entry.get("id", "")))
+            if layer is not None:
+                layer.mount_point = str(entry.get("path", ""))
+                count = entry.get("count", 0)
+                layer.mount_count = count if isinstance(count, int) and count > 0 else 0
+
+    def save_mounts(self) -> None:
+        """Write mountpoints.json and touch its lock (mounts lock held for writing)."""
+        if self.mounts_lock is None or self.mounts_path is None:
+            return
+        entries = [
+            {"id": l.id, "path": l.mount_point, "count": l.mount_count}
+            for l in self.records if l.mount_count > 0
+        ]
+        os.makedirs(os.path.dirname(self.mounts_path), mode=0o700, exist_ok=True)
+        write_json_atomic(self.mounts_path, entries)
+        self.mounts_lock.touch()
+
+    def save(self) -> None:
+        """layers.json then mountpoints.json, each followed by a touch of its lock (Go's order)."""
+        super().save()
+        if self.mounts_lock is not None:
+            with self.mounts_lock.locked():
+                self.save_mounts()
+
+    @contextlib.contextmanager
+    def mounts_locked(self) -> Iterator[None]:
+        """Hold the mount-count lock for writing with counts fresh from disk."""
+        if self.mounts_lock is None:
+            raise StoreIsReadOnly(f"layer store at {self.directory} is read-only")
+        with self.mounts_lock.locked():
+            if self.mounts_lock.modified():
+                self.load_mounts()
+            yield
+
+    def after_load(self, *, locked_for_write: bool) -> bool:
+        changed = False
+        incomplete = [r for r in self.records if r.incomplete]
+        if incomplete and not self.read_only:
+            if not locked_for_write:
+                raise NeedsWriteLock()
+            for layer in incomplete:
+                if self.incomplete_cleaner is not None:
+                    self.incomplete_cleaner(layer)
+                self.discard(layer)
+            changed = True
+        return super().after_load(locked_for_write=locked_for_write) or changed
+
+    def children(self, id: str) -> list[Layer]:
+        return [l for l in self.records if l.parent == id]
+
+    def by_compressed_digest(self, digest: str) -> list[Layer]:
+        return [l for l in self.records if l.compressed_digest == digest]
+
+    def by_uncompressed_digest(self, digest: str) -> list[Layer]:
+        return [l for l in self.records if l.uncompressed_digest == digest]

@@ -1,0 +1,933 @@
+"""The Store: layers, images and containers on a graph driver, in containers/storage's format.
+
+A Store shares its graph root and run root live with the Go tools: every method takes the
+same POSIX locks containers/storage takes, reloads what another process changed, and writes
+the same files. Methods accept a full ID, a name or a unique ID prefix wherever Go does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
+
+from . import drivers
+from .errors import (
+    ContainerUnknown,
+    DuplicateID,
+    DuplicateName,
+    ImageUnknown,
+    ImageUsedByContainer,
+    InvalidBigDataName,
+    LayerHasChildren,
+    LayerMounted,
+    LayerNotMounted,
+    LayerUnknown,
+    LayerUsedByContainer,
+    LayerUsedByImage,
+    StoreIsReadOnly,
+)
+from .graphdriver import DriverProxy, build_driver
+from .lockfile import LockFile
+from .metastore import (
+    ContainerStore,
+    ImageStore,
+    LayerRecords,
+    RecordStore,
+    Source,
+    dedupe,
+    new_id,
+)
+from .records import Container, Image, Layer, go_time_now
+from .types import Change, CreateOpts, DriverConfig, IDMap, IDMappings, MountOpts
+
+if TYPE_CHECKING:
+    from .config import StoreOptions
+
+DigestFunc = Callable[[bytes], str]
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _remove_dir(path: str) -> None:
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+
+
+class Store:
+    """A containers/storage store rooted at *graph_root* and *run_root*.
+
+    Open one with :meth:`open` (or :func:`lamina.open_store`); close it with :meth:`close` or
+    a ``with`` block. Thread-safe; safe to share with other processes, lamina or Go.
+    """
+
+    def __init__(
+        self,
+        graph_root: str,
+        run_root: str,
+        *,
+        driver_name: str = "",
+        driver_options: list[str] | tuple[str, ...] = (),
+        driver_priority: list[str] | tuple[str, ...] = (),
+        uid_map: tuple[IDMap, ...] = (),
+        gid_map: tuple[IDMap, ...] = (),
+        transient_store: bool = False,
+        plugins: list[object] | tuple[object, ...] = (),
+        driver_instance: Any = None,
+    ) -> None:
+        if not graph_root or not run_root:
+            raise ValueError("a store needs both a graph root and a run root")
+        self.graph_root = os.path.abspath(graph_root)
+        self.run_root = os.path.abspath(run_root)
+        self.transient_store = transient_store
+        self.id_mappings = IDMappings(tuple(uid_map), tuple(gid_map))
+        for path in (self.graph_root, self.run_root):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        for sub in ("mounts", "tmp"):  # 1.43 creates both on every open
+            os.makedirs(os.path.join(self.graph_root, sub), mode=0o700, exist_ok=True)
+        self.graph_lock = LockFile.get(os.path.join(self.graph_root, "storage.lock"))
+        LockFile.get(os.path.join(self.graph_root, "userns.lock"))
+        with self.graph_lock.locked():
+            name = driver_name or drivers.choose_driver(self.graph_root, tuple(driver_priority))
+            config = DriverConfig(
+                name=name,
+                home=os.path.join(self.graph_root, name),
+                run_root=self.run_root,
+                options=tuple(driver_options),
+                uid_maps=tuple(uid_map),
+                gid_maps=tuple(gid_map),
+            )
+            instance = driver_instance if driver_instance is not None else drivers.new_driver(config)
+            self.driver: DriverProxy = build_driver(config, instance, plugins=plugins)
+            self.driver_name = name
+            self.driver_options = tuple(driver_options)
+            self._open_stores()
+        self._events = self.driver.events
+
+    @classmethod
+    def open(cls, options: "StoreOptions | None" = None, **overrides: Any) -> "Store":
+        """Open the store described by *options* (default: storage.conf and the environment)."""
+        if options is None:
+            from .config import load_store_options
+
+            options = load_store_options()
+        plugin_objs = []
+        if getattr(options, "plugins", None):
+            plugin_objs = [drivers.load_plugin(p) for p in options.plugins]
+        kwargs: dict[str, Any] = dict(
+            driver_name=options.graph_driver_name,
+            driver_options=list(options.graph_driver_options),
+            driver_priority=list(getattr(options, "graph_driver_priority", []) or []),
+            uid_map=tuple(getattr(options, "uid_map", ()) or ()),
+            gid_map=tuple(getattr(options, "gid_map", ()) or ()),
+            transient_store=bool(getattr(options, "transient_store", False)),
+            plugins=plugin_objs,
+        )
+        kwargs.update(overrides)
+        return cls(options.graph_root, options.run_root, **kwargs)
+
+    # ---------------------------------------------------------------- construction of the record stores
+
+    def _open_stores(self) -> None:
+        d = self.driver_name
+        g, r = self.graph_root, self.run_root
+        volatile_root = r if self.transient_store else g
+        self.layer_store = LayerRecords(
+            os.path.join(g, f"{d}-layers"),
+            [Source(os.path.join(g, f"{d}-layers", "layers.json"), False, True),
+             Source(os.path.join(volatile_root, f"{d}-layers", "volatile-layers.json"), True, False)],
+            os.path.join(g, f"{d}-layers", "layers.lock"),
+            mounts_dir=os.path.join(r, f"{d}-layers"),
+        )
+        self.layer_store.incomplete_cleaner = self._remove_layer_data
+        self.image_store = ImageStore(
+            os.path.join(g, f"{d}-images"),
+            [Source(os.path.join(g, f"{d}-images", "images.json"), False, True)],
+            os.path.join(g, f"{d}-images", "images.lock"),
+        )
+        cdir = os.path.join(r if self.transient_store else g, f"{d}-containers")
+        csources = [Source(os.path.join(cdir, "containers.json"), False, not self.transient_store),
+                    Source(os.path.join(cdir, "volatile-containers.json"), True, False)]
+        self.container_store = ContainerStore(cdir, csources, os.path.join(cdir, "containers.lock"))
+        os.makedirs(os.path.join(r, f"{d}-locks"), mode=0o700, exist_ok=True)
+        # The first load of each store happens under its write lock, so incomplete layers are
+        # removed and duplicate names repaired as soon as any process opens the store.
+        for store in (self.layer_store, self.image_store, self.container_store):
+            with store.access(write=True):
+                pass
+        self.ro_layer_stores: list[LayerRecords] = []
+        self.ro_image_stores: list[ImageStore] = []
+        for extra in self.driver.additional_image_stores():
+            extra = os.path.abspath(extra)
+            ldir = os.path.join(extra, f"{d}-layers")
+            idir = os.path.join(extra, f"{d}-images")
+            if os.path.exists(os.path.join(ldir, "layers.lock")):
+                self.ro_layer_stores.append(
+                    LayerRecords(ldir, [Source(os.path.join(ldir, "layers.json"), False, True)],
+                                 os.path.join(ldir, "layers.lock"), read_only=True))
+            if os.path.exists(os.path.join(idir, "images.lock")):
+                self.ro_image_stores.append(
+                    ImageStore(idir, [Source(os.path.join(idir, "images.json"), False, True)],
+                               os.path.join(idir, "images.lock"), read_only=True))
+
+    # ---------------------------------------------------------------- the access mechanism
+
+    @contextlib.contextmanager
+    def _access(self, layers: str = "", images: str = "", containers: str = "",
+                graph: bool = False) -> Iterator[None]:
+        """Lock and refresh the named stores in containers/storage's lock order.
+
+        Each argument is ``""`` (not needed), ``"r"`` (shared) or ``"w"`` (exclusive); read-only
+        additional stores are always taken shared alongside their kind. *graph* takes storage.lock.
+        """
+        with contextlib.ExitStack() as stack:
+            if graph:
+                stack.enter_context(self.graph_lock.locked())
+            if layers:
+                stack.enter_context(self.layer_store.access(write=layers == "w"))
+                for ro in self.ro_layer_stores:
+                    stack.enter_context(ro.access())
+            if images:
+                stack.enter_context(self.image_store.access(write=images == "w"))
+                for ro in self.ro_image_stores:
+                    stack.enter_context(ro.access())
+            if containers:
+                stack.enter_context(self.container_store.access(write=containers == "w"))
+            yield
+
+    # ---------------------------------------------------------------- lookups (inside _access)
+
+    def _find_layer(self, key: str) -> tuple[Layer, LayerRecords] | None:
+        for store in [self.layer_store, *self.ro_layer_stores]:
+            found = store.lookup(key)
+            if found is not None:
+                return found, store
+        if key:
+            for store in [self.layer_store, *self.ro_layer_stores]:
+                for layer in store.records:
+                    if layer.mount_point and layer.mount_point == key:
+                        return layer, store
+        return None
+
+    def _layer(self, key: str) -> Layer:
+        found = self._find_layer(key)
+        if found is None:
+            raise LayerUnknown(key)
+        return found[0]
+
+    def _rw_layer(self, key: str) -> Layer:
+        found = self._find_layer(key)
+        if found is None:
+            raise LayerUnknown(key)
+        if found[1] is not self.layer_store:
+            raise StoreIsReadOnly(f"layer {found[0].id} is in a read-only image store")
+        return found[0]
+
+    def _find_image(self, key: str) -> tuple[Image, ImageStore] | None:
+        for store in [self.image_store, *self.ro_image_stores]:
+            found = store.lookup(key)
+            if found is not None:
+                return found, store
+        return None
+
+    def _image(self, key: str) -> Image:
+        found = self._find_image(key)
+        if found is None:
+            raise ImageUnknown(key)
+        return found[0]
+
+    def _rw_image(self, key: str) -> Image:
+        found = self._find_image(key)
+        if found is None:
+            raise ImageUnknown(key)
+        if found[1] is not self.image_store:
+            raise StoreIsReadOnly(f"image {found[0].id} is in a read-only image store")
+        return found[0]
+
+    def _container(self, key: str) -> Container:
+        return self.container_store.get(key)
+
+    # ---------------------------------------------------------------- layers
+
+    def _remove_layer_data(self, layer: Layer) -> None:
+        """Remove everything a layer owns on disk except its record (driver data, tar-split, big data)."""
+        if self.driver.exists(layer.id):
+            self.driver.remove(layer.id)
+        for path in (os.path.join(self.layer_store.directory, f"{layer.id}.tar-split.gz"),):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        _remove_dir(self.layer_store.big_data_dir(layer.id))
+
+    def _create_layer_locked(
+        self,
+        id: str | None,
+        parent: str | None,
+        names: list[str] | tuple[str, ...],
+        mount_label: str,
+        writeable: bool,
+        id_mappings: IDMappings | None,
+        diff: BinaryIO | None = None,
+        volatile: bool = False,
+        storage_opt: dict[str, str] | None = None,
+    ) -> Layer:
+        records = self.layer_store
+        parent_layer = self._layer(parent) if parent else None
+        if id is None:
+            id = new_id()
+            while id in records.by_id:
+                id = new_id()
+        names = dedupe(list(names))
+        if any(id in s.by_id for s in self.ro_layer_stores):
+            raise DuplicateID(id)
+        records.check_new(id, names)
+        maps = id_mappings if id_mappings is not None else self.id_mappings
+        layer = Layer(
+            id=id,
+            names=names,
+            parent=parent_layer.id if parent_layer else "",
+            mount_label=mount_label,
+            created=go_time_now(),
+            flags={"incomplete": True},
+            uidmap=maps.uid_map,
+            gidmap=maps.gid_map,
+            volatile_store=volatile and self.transient_store,
+        )
+        records.add(layer)
+        records.save()
+        try:
+            opts = CreateOpts(mount_label=mount_label, storage_opt=dict(storage_opt or {}), id_mappings=maps)
+            self.driver.create(id, layer.parent or None, opts, read_write=writeable)
+            parent_maps = IDMappings(parent_layer.uidmap, parent_layer.gidmap) if parent_layer else IDMappings()
+            if parent_layer is not None and parent_maps != maps:
+                self.driver.update_layer_id_map(id, parent_maps, maps, mount_label)
+            if diff is not None:
+                from .layercontent import apply_diff_locked
+
+                apply_diff_locked(self, layer, diff)
+            layer.flags.pop("incomplete", None)
+            records.save()
+        except BaseException:
+            self._delete_layer_locked(layer)
+            raise
+        self._events.store_layer_created(store_root=self.graph_root, layer_id=id, parent=layer.parent or None)
+        return layer
+
+    def create_layer(
+        self,
+        id: str | None = None,
+        parent: str | None = None,
+        names: list[str] | tuple[str, ...] = (),
+        mount_label: str = "",
+        writeable: bool = True,
+        id_mappings: IDMappings | None = None,
+        diff: BinaryIO | None = None,
+        storage_opt: dict[str, str] | None = None,
+    ) -> Layer:
+        """Create a layer (a child of *parent*, or a base layer), optionally filled from *diff*.
+
+        The record is flagged incomplete before the driver does anything and cleared after, so
+        a crash leaves nothing the next writer does not clean up.
+        """
+        with self._access(layers="w", graph=False):
+            return self._create_layer_locked(id, parent, names, mount_label, writeable, id_mappings,
+                                             diff, storage_opt=storage_opt)
+
+    def put_layer(self, id: str | None, parent: str | None, names: list[str] | tuple[str, ...],
+                  diff: BinaryIO | None, mount_label: str = "", writeable: bool = False) -> Layer:
+        """Create a layer and fill it from *diff* (containers/storage's PutLayer)."""
+        return self.create_layer(id, parent, names, mount_label, writeable, None, diff)
+
+    def _delete_layer_locked(self, layer: Layer) -> None:
+        """Delete a layer record and its data; interrupted, the next writer finishes it."""
+        records = self.layer_store
+        while layer.mount_count > 0:
+            self._unmount_locked(layer, force=True)
+        layer.flags["incomplete"] = True
+        records.save()
+        self._remove_layer_data(layer)
+        records.discard(layer)
+        records.save()
+        self._events.store_layer_removed(store_root=self.graph_root, layer_id=layer.id)
+
+    def delete_layer(self, key: str) -> None:
+        """Delete a layer unless it has children or an image or container uses it."""
+        with self._access(layers="w", images="r", containers="r", graph=True):
+            layer = self._rw_layer(key)
+            for child in self.layer_store.children(layer.id):
+                raise LayerHasChildren(f"used by layer {child.id}: layer has children")
+            for image in self.image_store.records:
+                if image.top_layer == layer.id or layer.id in image.mapped_top_layers:
+                    raise LayerUsedByImage(f"used by image {image.id}: layer is in use by an image")
+            for ctr in self.container_store.records:
+                if ctr.layer == layer.id:
+                    raise LayerUsedByContainer(f"used by container {ctr.id}: layer is in use by a container")
+            self._delete_layer_locked(layer)
+
+    def layers(self) -> list[Layer]:
+        """Every layer: the store's own, then those of read-only additional stores."""
+        with self._access(layers="r"):
+            out = list(self.layer_store.records)
+            for ro in self.ro_layer_stores:
+                out.extend(l for l in ro.records if l.id not in self.layer_store.by_id)
+            return out
+
+    def layer(self, key: str) -> Layer:
+        with self._access(layers="r"):
+            return self._layer(key)
+
+    def layers_by_compressed_digest(self, digest: str) -> list[Layer]:
+        with self._access(layers="r"):
+            return [l for s in [self.layer_store, *self.ro_layer_stores] for l in s.by_compressed_digest(digest)]
+
+    def layers_by_uncompressed_digest(self, digest: str) -> list[Layer]:
+        with self._access(layers="r"):
+            return [l for s in [self.layer_store, *self.ro_layer_stores] for l in s.by_uncompressed_digest(digest)]
+
+    # ---------------------------------------------------------------- images
+
+    def create_image(
+        self,
+        id: str | None = None,
+        top_layer: str | None = None,
+        names: list[str] | tuple[str, ...] = (),
+        metadata: str = "",
+        digest: str = "",
+        created: str = "",
+    ) -> Image:
+        """Create an image record on *top_layer* (None: an image without layers)."""
+        with self._access(layers="r", images="w"):
+            layer_id = self._layer(top_layer).id if top_layer else ""
+            store = self.image_store
+            if id is None:
+                id = new_id()
+                while id in store.by_id:
+                    id = new_id()
+            names = dedupe(list(names))
+            store.check_new(id, names)
+            image = Image(id=id, digest=digest, names=names, top_layer=layer_id, metadata=metadata,
+                          created=created or go_time_now())
+            image.recompute_digests()
+            store.add(image)
+            store.save()
+        self._events.store_image_created(store_root=self.graph_root, image_id=id, top_layer=layer_id or None)
+        return image
+
+    def images(self) -> list[Image]:
+        with self._access(images="r"):
+            out = list(self.image_store.records)
+            for ro in self.ro_image_stores:
+                out.extend(i for i in ro.records if i.id not in self.image_store.by_id)
+            return out
+
+    def image(self, key: str) -> Image:
+        with self._access(images="r"):
+            return self._image(key)
+
+    def images_by_digest(self, digest: str) -> list[Image]:
+        with self._access(images="r"):
+            return [i for s in [self.image_store, *self.ro_image_stores] for i in s.by_digest(digest)]
+
+    def images_by_top_layer(self, key: str) -> list[Image]:
+        with self._access(layers="r", images="r"):
+            layer_id = self._layer(key).id
+            return [i for s in [self.image_store, *self.ro_image_stores] for i in s.records
+                    if i.top_layer == layer_id or layer_id in i.mapped_top_layers]
+
+    def delete_image(self, key: str, commit: bool = True) -> list[str]:
+        """Delete an image and the layers only it used; returns those layer IDs.
+
+        With *commit* False nothing is deleted (a dry run). Refused while a container uses the image.
+        """
+        with self._access(layers="w", images="w", containers="r", graph=True):
+            image = self._rw_image(key)
+            for ctr in self.container_store.records:
+                if ctr.image == image.id:
+                    raise ImageUsedByContainer(f"image used by {ctr.id}: image is in use by a container")
+            other_tops: set[str] = set()
+            for other in self.image_store.records:
+                if other is not image:
+                    other_tops.add(other.top_layer)
+                    other_tops.update(other.mapped_top_layers)
+            container_layers = {c.layer for c in self.container_store.records}
+            children: dict[str, list[str]] = {}
+            for l in self.layer_store.records:
+                if l.parent:
+                    children.setdefault(l.parent, []).append(l.id)
+            to_remove: list[str] = []
+
+            def collect(start: str) -> None:
+                layer_id = start
+                while layer_id:
+                    if layer_id in container_layers or layer_id in other_tops or layer_id not in self.layer_store.by_id:
+                        return
+                    if any(c not in to_remove for c in children.get(layer_id, [])):
+                        return
+                    to_remove.append(layer_id)
+                    layer_id = self.layer_store.by_id[layer_id].parent
+
+            for mapped in image.mapped_top_layers:
+                collect(mapped)
+            collect(image.top_layer)
+            if commit:
+                self.image_store.discard(image)
+                self.image_store.save()
+                _remove_dir(self.image_store.big_data_dir(image.id))
+                for layer_id in to_remove:
+                    layer = self.layer_store.by_id.get(layer_id)
+                    if layer is not None:
+                        self._delete_layer_locked(layer)
+        if commit:
+            self._events.store_image_removed(store_root=self.graph_root, image_id=image.id)
+        return to_remove
+
+    # ---------------------------------------------------------------- containers
+
+    def create_container(
+        self,
+        id: str | None = None,
+        names: list[str] | tuple[str, ...] = (),
+        image: str = "",
+        metadata: str = "",
+        mount_label: str = "",
+        volatile: bool = False,
+        id_mappings: IDMappings | None = None,
+        storage_opt: dict[str, str] | None = None,
+    ) -> Container:
+        """Create a container: a writable layer on *image*'s top layer (or a base layer without image)."""
+        with self._access(layers="w", images="r", containers="w"):
+            store = self.container_store
+            img = self._image(image) if image else None
+            if id is None:
+                id = new_id()
+                while id in store.by_id:
+                    id = new_id()
+            names = dedupe(list(names))
+            store.check_new(id, names)
+            layer = self._create_layer_locked(
+                None, img.top_layer if img and img.top_layer else None, (), mount_label, True, id_mappings,
+                volatile=volatile, storage_opt=storage_opt,
+            )
+            flags: dict[str, Any] = {"MountLabel": mount_label, "ProcessLabel": ""}
+            if volatile:
+                flags["Volatile"] = True
+            maps = id_mappings or IDMappings()
+            ctr = Container(id=id, names=names, image=img.id if img else "", layer=layer.id, metadata=metadata,
+                            created=go_time_now(), uidmap=maps.uid_map, gidmap=maps.gid_map, flags=flags,
+                            volatile_store=self.transient_store)
+            try:
+                store.add(ctr)
+                store.save()
+            except BaseException:
+                store.discard(ctr)
+                self._delete_layer_locked(layer)
+                raise
+        self._events.store_container_created(store_root=self.graph_root, container_id=id,
+                                             image_id=ctr.image, layer_id=layer.id)
+        return ctr
+
+    def containers(self) -> list[Container]:
+        with self._access(containers="r"):
+            return list(self.container_store.records)
+
+    def container(self, key: str) -> Container:
+        with self._access(containers="r"):
+            return self._container(key)
+
+    def container_by_layer(self, layer_id: str) -> Container:
+        with self._access(containers="r"):
+            for ctr in self.container_store.records:
+                if ctr.layer == layer_id:
+                    return ctr
+        raise ContainerUnknown(layer_id)
+
+    def _container_dirs(self, ctr_id: str) -> tuple[str, str]:
+        d = self.driver_name
+        return (os.path.join(self.graph_root, f"{d}-containers", ctr_id),
+                os.path.join(self.run_root, f"{d}-containers", ctr_id))
+
+    def container_directory(self, key: str) -> str:
+        """``<graphroot>/<driver>-containers/<id>/userdata``, created on demand."""
+        ctr = self.container(key)
+        path = os.path.join(self._container_dirs(ctr.id)[0], "userdata")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
+    def container_run_directory(self, key: str) -> str:
+        """``<runroot>/<driver>-containers/<id>/userdata``, created on demand."""
+        ctr = self.container(key)
+        path = os.path.join(self._container_dirs(ctr.id)[1], "userdata")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
+
+    def _delete_container_locked(self, ctr: Container) -> None:
+        layer = self.layer_store.by_id.get(ctr.layer)
+        if layer is not None:
+            self._delete_layer_locked(layer)
+        self.container_store.discard(ctr)
+        self.container_store.save()
+        for path in self._container_dirs(ctr.id):
+            _remove_dir(path)
+        self._events.store_container_removed(store_root=self.graph_root, container_id=ctr.id)
+
+    def delete_container(self, key: str) -> None:
+        """Delete a container, its layer and its directories."""
+        with self._access(layers="w", images="r", containers="w", graph=True):
+            self._delete_container_locked(self._container(key))
+
+    # ---------------------------------------------------------------- everything by ID
+
+    def delete(self, key: str) -> None:
+        """Delete a container, image or layer named *key*, without safety checks."""
+        with self._access(layers="w", images="w", containers="w", graph=True):
+            ctr = self.container_store.lookup(key)
+            if ctr is not None:
+                self._delete_container_locked(ctr)
+                return
+            image = self.image_store.lookup(key)
+            if image is not None:
+                self.image_store.discard(image)
+                self.image_store.save()
+                _remove_dir(self.image_store.big_data_dir(image.id))
+                return
+            layer = self.layer_store.lookup(key)
+            if layer is not None:
+                self._delete_layer_locked(layer)
+                return
+        raise LayerUnknown(key)
+
+    def exists(self, key: str) -> tuple[bool, bool, bool]:
+        """(is a layer, is an image, is a container) for *key*."""
+        with self._access(layers="r", images="r", containers="r"):
+            return (self._find_layer(key) is not None, self._find_image(key) is not None,
+                    self.container_store.lookup(key) is not None)
+
+    def _locate(self, key: str, *, write: bool) -> tuple[RecordStore[Any], Any]:
+        """The record named *key*: layers first, then images, then containers (Go's order)."""
+        found_layer = self._find_layer(key)
+        if found_layer is not None:
+            if write and found_layer[1] is not self.layer_store:
+                raise StoreIsReadOnly(f"layer {found_layer[0].id} is in a read-only image store")
+            return found_layer[1], found_layer[0]
+        found_image = self._find_image(key)
+        if found_image is not None:
+            if write and found_image[1] is not self.image_store:
+                raise StoreIsReadOnly(f"image {found_image[0].id} is in a read-only image store")
+            return found_image[1], found_image[0]
+        ctr = self.container_store.lookup(key)
+        if ctr is not None:
+            return self.container_store, ctr
+        raise LayerUnknown(key)
+
+    def names(self, key: str) -> list[str]:
+        with self._access(layers="r", images="r", containers="r"):
+            return list(self._locate(key, write=False)[1].names)
+
+    def _update_names(self, key: str, names: list[str] | tuple[str, ...], op: str) -> None:
+        with self._access(layers="w", images="w", containers="w"):
+            store, record = self._locate(key, write=True)
+            store.update_names(record.id, list(names), op)
+
+    def set_names(self, key: str, names: list[str] | tuple[str, ...]) -> None:
+        """Replace the names; a name another record of the same kind had moves here."""
+        self._update_names(key, names, "set")
+
+    def add_names(self, key: str, names: list[str] | tuple[str, ...]) -> None:
+        self._update_names(key, names, "add")
+
+    def remove_names(self, key: str, names: list[str] | tuple[str, ...]) -> None:
+        self._update_names(key, names, "remove")
+
+    def metadata(self, key: str) -> str:
+        with self._access(layers="r", images="r", containers="r"):
+            return str(self._locate(key, write=False)[1].metadata)
+
+    def set_metadata(self, key: str, metadata: str) -> None:
+        with self._access(layers="w", images="w", containers="w"):
+            store, record = self._locate(key, write=True)
+            record.metadata = metadata
+            store.save()
+
+    # ---------------------------------------------------------------- big data
+
+    def _big_data_target(self, kind: str, key: str, *, write: bool) -> tuple[RecordStore[Any], Any]:
+        if kind == "layer":
+            return (self.layer_store, self._rw_layer(key)) if write else self._layer_and_store(key)
+        if kind == "image":
+            if write:
+                return self.image_store, self._rw_image(key)
+            found = self._find_image(key)
+            if found is None:
+                raise ImageUnknown(key)
+            return found[1], found[0]
+        if kind == "container":
+            return self.container_store, self._container(key)
+        raise ValueError(f"unknown record kind {kind!r}")
+
+    def _layer_and_store(self, key: str) -> tuple[RecordStore[Any], Layer]:
+        found = self._find_layer(key)
+        if found is None:
+            raise LayerUnknown(key)
+        return found[1], found[0]
+
+    def _kind_access(self, kind: str, mode: str) -> Any:
+        return self._access(**{f"{kind}s": mode})  # type: ignore[arg-type]
+
+    def list_big_data(self, kind: str, key: str) -> list[str]:
+        """Big-data keys of the layer, image or container named *key* (*kind*: layer, image, container)."""
+        with self._kind_access(kind, "r"):
+            return list(self._big_data_target(kind, key, write=False)[1].big_data_names)
+
+    def big_data(self, kind: str, key: str, name: str) -> bytes:
+        with self._kind_access(kind, "r"):
+            store, record = self._big_data_target(kind, key, write=False)
+            return store.read_big_data(record, name)
+
+    def big_data_size(self, kind: str, key: str, name: str) -> int:
+        with self._kind_access(kind, "r"):
+            store, record = self._big_data_target(kind, key, write=False)
+            sizes = getattr(record, "big_data_sizes", {})
+            if name in sizes:
+                return int(sizes[name])
+            return len(store.read_big_data(record, name))
+
+    def big_data_digest(self, kind: str, key: str, name: str) -> str:
+        with self._kind_access(kind, "r"):
+            store, record = self._big_data_target(kind, key, write=False)
+            digests = getattr(record, "big_data_digests", {})
+            if name in digests:
+                return str(digests[name])
+            return sha256_digest(store.read_big_data(record, name))
+
+    def set_big_data(self, kind: str, key: str, name: str, data: bytes,
+                     digest_manifest: DigestFunc | None = None) -> None:
+        """Store *data* under *name*; for images, a ``manifest*`` key's digest comes from *digest_manifest*
+        (default sha256 of the bytes) and becomes the image digest if it has none."""
+        if not name:
+            raise InvalidBigDataName("can't set empty name for image big data item")
+        with self._kind_access(kind, "w"):
+            store, record = self._big_data_target(kind, key, write=True)
+            store.write_big_data_file(record, name, data)
+            if kind != "layer":
+                if kind == "image" and name.startswith("manifest"):
+                    new_digest = (digest_manifest or sha256_digest)(data)
+                else:
+                    new_digest = sha256_digest(data)
+                record.big_data_sizes[name] = len(data)
+                record.big_data_digests[name] = new_digest
+                if kind == "image":
+                    if name.startswith("manifest") and not record.digest:
+                        record.digest = new_digest
+            if name not in record.big_data_names:
+                record.big_data_names.append(name)
+            if kind == "image":
+                record.recompute_digests()
+            store.save()
+
+    # ---------------------------------------------------------------- mounts
+
+    def _mount_opts(self, layer: Layer, mount_label: str, options: tuple[str, ...]) -> MountOpts:
+        return MountOpts(mount_label=mount_label or layer.mount_label, uid_maps=layer.uidmap,
+                         gid_maps=layer.gidmap, options=options)
+
+    def _mount_locked(self, layer: Layer, opts: MountOpts) -> str:
+        records = self.layer_store
+        with records.mounts_locked():
+            if layer.mount_count > 0 and layer.mount_point and os.path.ismount(layer.mount_point):
+                layer.mount_count += 1
+            else:
+                path = self.driver.get(layer.id, opts)
+                layer.mount_point = path
+                layer.mount_count += 1
+            records.save_mounts()
+            self._events.store_layer_mounted(store_root=self.graph_root, layer_id=layer.id,
+                                             path=layer.mount_point, count=layer.mount_count)
+            return layer.mount_point
+
+    def _unmount_locked(self, layer: Layer, force: bool) -> bool:
+        records = self.layer_store
+        with records.mounts_locked():
+            if force and layer.mount_count > 0:
+                layer.mount_count = 1
+            if layer.mount_count > 1:
+                layer.mount_count -= 1
+            else:
+                if layer.mount_count > 0:
+                    self.driver.put(layer.id)
+                layer.mount_count = 0
+                layer.mount_point = ""
+            records.save_mounts()
+            self._events.store_layer_unmounted(store_root=self.graph_root, layer_id=layer.id,
+                                               count=layer.mount_count)
+            return layer.mount_count > 0
+
+    def _mount_target(self, key: str) -> tuple[Layer, str]:
+        """Resolve a container (by ID, name or layer) or a layer; returns (layer, mount label)."""
+        ctr = self.container_store.lookup(key)
+        if ctr is not None:
+            return self._rw_layer(ctr.layer), str(ctr.flags.get("MountLabel", ""))
+        return self._rw_layer(key), ""
+
+    def mount(self, key: str, mount_label: str = "", options: tuple[str, ...] = ()) -> str:
+        """Mount a container's or a layer's tree and return its path; counts nest."""
+        with self._access(layers="w", containers="r", graph=True):
+            layer, label = self._mount_target(key)
+            return self._mount_locked(layer, self._mount_opts(layer, mount_label or label, options))
+
+    def mount_image(self, key: str, options: tuple[str, ...] = (), mount_label: str = "") -> str:
+        """Mount an image's top layer read-only and return its path."""
+        with self._access(layers="w", images="r", graph=True):
+            image = self._image(key)
+            if not image.top_layer:
+                raise LayerUnknown(key)
+            found = self._find_layer(image.top_layer)
+            if found is None:
+                raise LayerUnknown(image.top_layer)
+            layer, store = found
+            opts = self._mount_opts(layer, mount_label, tuple(dict.fromkeys(("ro", *options))))
+            if store is not self.layer_store:
+                return self.driver.get(layer.id, opts)
+            return self._mount_locked(layer, opts)
+
+    def unmount(self, key: str, force: bool = False) -> bool:
+        """Drop one mount (all with *force*); returns whether the layer is still mounted."""
+        with self._access(layers="w", images="r", containers="r", graph=True):
+            try:
+                layer, _ = self._mount_target(key)
+            except LayerUnknown:
+                image = self._find_image(key)
+                if image is None or not image[0].top_layer:
+                    raise
+                layer = self._rw_layer(image[0].top_layer)
+            return self._unmount_locked(layer, force)
+
+    def mounted(self, key: str) -> int:
+        """The mount count of the container's or layer's layer."""
+        with self._access(layers="r", containers="r"):
+            layer, _ = self._mount_target(key)
+            return layer.mount_count
+
+    # ---------------------------------------------------------------- layer content
+
+    def apply_diff(self, key: str, diff: BinaryIO) -> int:
+        """Extract the tar *diff* (any supported compression) into layer *key*; returns the unpacked size.
+
+        Replaces the layer's recorded digests, sizes and tar-split, as containers/storage does.
+        """
+        from .layercontent import apply_diff_locked
+
+        with self._access(layers="w"):
+            layer = self._rw_layer(key)
+            return apply_diff_locked(self, layer, diff)
+
+    def _diff_pair(self, from_key: str | None, to_key: str) -> tuple[Layer, Layer | None]:
+        to_layer = self._layer(to_key)
+        if from_key:
+            return to_layer, self._layer(from_key)
+        return to_layer, (self._layer(to_layer.parent) if to_layer.parent else None)
+
+    def changes(self, from_key: str | None, to_key: str) -> list[Change]:
+        """What layer *to_key* changes relative to *from_key* (default: its parent)."""
+        with self._access(layers="r"):
+            to_layer, from_layer = self._diff_pair(from_key, to_key)
+            return self.driver.changes(
+                to_layer.id, from_layer.id if from_layer else None,
+                IDMappings(to_layer.uidmap, to_layer.gidmap),
+                IDMappings(from_layer.uidmap, from_layer.gidmap) if from_layer else IDMappings(),
+                to_layer.mount_label,
+            )
+
+    def diff_size(self, from_key: str | None, to_key: str) -> int:
+        """Bytes of regular files layer *to_key* adds or modifies relative to *from_key* (default: its parent)."""
+        with self._access(layers="r"):
+            to_layer, from_layer = self._diff_pair(from_key, to_key)
+            return self.driver.diff_size(
+                to_layer.id, from_layer.id if from_layer else None,
+                IDMappings(to_layer.uidmap, to_layer.gidmap),
+                IDMappings(from_layer.uidmap, from_layer.gidmap) if from_layer else IDMappings(),
+                to_layer.mount_label,
+            )
+
+    def diff(self, from_key: str | None, to_key: str, compression: int | None = None) -> BinaryIO:
+        """A tar stream of layer *to_key* relative to *from_key* (default: its parent).
+
+        *compression* is a ``lamina.layercontent`` constant; None uses the layer's recorded one.
+        The caller closes the stream.
+        """
+        from .layercontent import diff_locked
+
+        with self._access(layers="r", graph=True):
+            to_layer, from_layer = self._diff_pair(from_key, to_key)
+            return diff_locked(self, to_layer, from_layer, compression)
+
+    # ---------------------------------------------------------------- store-wide
+
+    def status(self) -> list[tuple[str, str]]:
+        """The driver's status pairs."""
+        return self.driver.status()
+
+    def wipe(self) -> None:
+        """Delete every container, image and layer."""
+        with self._access(layers="w", images="w", containers="w", graph=True):
+            for ctr in list(self.container_store.records):
+                self.container_store.discard(ctr)
+                for path in self._container_dirs(ctr.id):
+                    _remove_dir(path)
+            self.container_store.save()
+            for image in list(self.image_store.records):
+                self.image_store.discard(image)
+                _remove_dir(self.image_store.big_data_dir(image.id))
+            self.image_store.save()
+            remaining = list(self.layer_store.records)
+            while remaining:
+                parents = {l.parent for l in remaining}
+                leaves = [l for l in remaining if l.id not in parents] or remaining
+                for layer in leaves:
+                    self._delete_layer_locked(layer)
+                remaining = [l for l in remaining if l not in leaves]
+
+    def shutdown(self, force: bool = False) -> list[str]:
+        """Release the driver; refused while layers are mounted unless *force* unmounts them.
+
+        Returns the IDs of layers that were force-unmounted.
+        """
+        with self._access(layers="w", graph=True):
+            mounted = [l for l in self.layer_store.records if l.mount_count > 0]
+            if mounted and not force:
+                raise LayerMounted(f"a layer is mounted: {mounted[0].id}")
+            for layer in mounted:
+                self._unmount_locked(layer, force=True)
+            self.driver.cleanup()
+            self.graph_lock.touch()
+            return [l.id for l in mounted]
+
+    def close(self) -> None:
+        """Release driver resources held by this process (not the on-disk state)."""
+        return None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def mounted_layer(self, key: str, mount_label: str = "") -> Iterator[str]:
+        """``with store.mounted_layer(id) as path:`` mounts for the block and unmounts after."""
+        path = self.mount(key, mount_label)
+        try:
+            yield path
+        finally:
+            self.unmount(key)
+
+
+def open_store(options: "StoreOptions | None" = None, **overrides: Any) -> Store:
+    """Open a store; see :meth:`Store.open`."""
+    return Store.open(options, **overrides)
