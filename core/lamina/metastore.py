@@ -64,6 +64,19 @@ def dedupe(names: list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
+def _get_lock(path: str, read_only: bool) -> LockFile:
+    """The process's LockFile for *path*; a read-only store reuses a read-write one already open
+    in this process (it only ever takes read locks on it)."""
+    from .lockfile import LockModeMismatch
+
+    try:
+        return LockFile.get(path, read_only=read_only)
+    except LockModeMismatch:
+        if not read_only:
+            raise
+        return LockFile.get(path, read_only=False)
+
+
 class NeedsWriteLock(Exception):
     """Internal: loading found something only a writer may fix (incomplete records, duplicate names)."""
 
@@ -94,7 +107,7 @@ class RecordStore(Generic[R]):
         self.read_only = read_only
         if not read_only:
             os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.lock = LockFile.get(lock_path, read_only=read_only)
+        self.lock = _get_lock(lock_path, read_only)
         self.records: list[R] = []
         self.by_id: dict[str, R] = {}
         self.by_name: dict[str, R] = {}

@@ -159,8 +159,14 @@ class CoreFallbacks:
 def chown_tree_by_maps(root: str, to_container: IDMappings, to_host: IDMappings) -> None:
     """Re-own every entry under *root* (and root itself): host IDs of *to_container* become host IDs of *to_host*."""
 
+    seen: set[tuple[int, int]] = set()
+
     def fix(path: str) -> None:
         st = os.lstat(path)
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            if (st.st_dev, st.st_ino) in seen:  # a hardlink already re-owned
+                return
+            seen.add((st.st_dev, st.st_ino))
         uid, gid = to_container.to_container(st.st_uid, st.st_gid)
         new_uid, new_gid = to_host.to_host(uid, gid)
         if (new_uid, new_gid) == (st.st_uid, st.st_gid):

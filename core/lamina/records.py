@@ -151,6 +151,7 @@ class Image:
     extra: Json = field(default_factory=dict)
     digests: list[str] = field(default_factory=list)
     read_only: bool = False
+    volatile_store: bool = False
 
     _KEYS = ("id", "digest", "names", "names-history", "layer", "mapped-layers", "metadata", "big-data-names",
              "big-data-sizes", "big-data-digests", "created", "flags")

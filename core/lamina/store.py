@@ -275,7 +275,7 @@ class Store:
         writeable: bool,
         id_mappings: IDMappings | None,
         diff: BinaryIO | None = None,
-        volatile: bool = False,
+        container_layer: bool = False,
         storage_opt: dict[str, str] | None = None,
     ) -> Layer:
         records = self.layer_store
@@ -298,7 +298,7 @@ class Store:
             flags={"incomplete": True},
             uidmap=maps.uid_map,
             gidmap=maps.gid_map,
-            volatile_store=volatile and self.transient_store,
+            volatile_store=container_layer and self.transient_store,
         )
         records.add(layer)
         records.save()
@@ -513,7 +513,7 @@ class Store:
             store.check_new(id, names)
             layer = self._create_layer_locked(
                 None, img.top_layer if img and img.top_layer else None, (), mount_label, True, id_mappings,
-                volatile=volatile, storage_opt=storage_opt,
+                container_layer=True, storage_opt=storage_opt,
             )
             flags: dict[str, Any] = {"MountLabel": mount_label, "ProcessLabel": ""}
             if volatile:

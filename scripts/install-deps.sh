@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what lamina's tests need on a fresh Debian 12 machine: the Go reference tool and the
+# filesystem tools (Debian packages, root only), then a venv with lamina, its three driver
+# distributions and the test tools. Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(containers-storage btrfs-progs fuse-overlayfs busybox-static jq debootstrap e2fsprogs)
+missing=()
+for pkg in "${DEBS[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "note: not root, so these Debian packages were not installed: ${missing[*]}" >&2
+        echo "      tests that need them will be skipped" >&2
+    fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -r requirements-dev.txt
