@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import decimal
 import errno
+import json
 import math
+import re
 import os
 import secrets
 from collections.abc import Mapping, Sequence
@@ -167,6 +169,8 @@ def _encode(obj: Any, out: list[str], sort_keys: bool) -> None:
         out.append(int.__repr__(obj))
     elif isinstance(obj, float):
         out.append(_go_float(obj))
+    elif isinstance(obj, decimal.Decimal):
+        out.append(_go_float(float(obj)))
     elif isinstance(obj, (bytes, bytearray, memoryview)):
         # Go encodes []byte as a standard base64 string.
         out.append('"' + base64.b64encode(bytes(obj)).decode("ascii") + '"')
@@ -206,7 +210,37 @@ def go_json_dumps(obj: Any, *, sort_keys: bool = False) -> str:
     ``<`` ``>`` ``&`` U+2028 U+2029 and control characters other than ``\\n\\r\\t`` become ``\\uXXXX``;
     other non-ASCII is emitted as raw UTF-8. NaN/Inf raise ValueError, other types TypeError.
     """
+    if not sort_keys:
+        fast = _fast_dumps(obj)
+        if fast is not None:
+            return fast
     out: list[str] = []
     _encode(obj, out, sort_keys)
     return "".join(out)
+
+
+# What the C encoder writes differently from Go: HTML-escaped characters, the \b and \f short
+# forms and lone surrogates (found by a scan of the output), and floats (Go formats them
+# differently; found by walking the containers, which also rejects non-string keys).
+_SUSPECT_CHARS = ("<", ">", "&", "\u2028", "\u2029", "\\b", "\\f")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_floats(obj: Any) -> bool:
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and (type(v) in (str, int, bool) or v is None or _no_floats(v))
+                   for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return all(type(v) in (str, int, bool) or v is None or _no_floats(v) for v in obj)
+    return False
+
+
+def _fast_dumps(obj: Any) -> str | None:
+    """The C encoder's output when it is provably what Go would write, else None."""
+    if not isinstance(obj, list) or not _no_floats(obj):
+        return None
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    if any(c in text for c in _SUSPECT_CHARS) or _SURROGATE.search(text):
+        return None
+    return text
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import decimal
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import secrets
 import threading
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from .atomicio import write_file_atomic, write_json_atomic
+from .atomicio import go_json_dumps, write_file_atomic, write_json_atomic
 from .errors import (
     BigDataUnknown,
     ContainerUnknown,
@@ -75,6 +76,48 @@ def _get_lock(path: str, read_only: bool) -> LockFile:
         if not read_only:
             raise
         return LockFile.get(path, read_only=False)
+
+
+_VERIFY_CACHE = os.environ.get("LAMINA_VERIFY_RECORD_CACHE") == "1"
+_SUSPECT = ("<", ">", "&", "\u2028", "\u2029", "\\b", "\\f")
+_PLAIN = (str, int, bool, type(None))
+
+
+def _plain(value: Any) -> bool:
+    """No floats, Decimals or other values whose JSON form Python's encoder writes unlike Go's."""
+    if type(value) in _PLAIN:
+        return True
+    if isinstance(value, dict):
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return False
+
+
+def records_json(records: list[Any]) -> bytes:
+    """The bytes of a metadata file holding *records*, exactly as Go's json.Marshal writes them.
+
+    Uses each record's cached JSON object and the C encoder; falls back to the exact (slower)
+    encoder when a value or character needs Go's own formatting.
+    """
+    objs = []
+    plain = True
+    for r in records:
+        obj = r.json_object()
+        if _VERIFY_CACHE and obj != r.to_json():
+            raise AssertionError(f"stale JSON cache for {type(r).__name__} {r.id}: a stored field was "
+                                 "changed in place instead of being replaced")
+        if plain and (r.flags or r.extra) and not _plain(obj):
+            plain = False
+        objs.append(obj)
+    if plain:
+        text = json.dumps(objs, ensure_ascii=False, separators=(",", ":"))
+        if not any(c in text for c in _SUSPECT):
+            try:
+                return text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: let the exact encoder replace it
+                pass
+    return go_json_dumps(objs).encode("utf-8")
 
 
 class NeedsWriteLock(Exception):
@@ -172,6 +215,7 @@ class RecordStore(Generic[R]):
             for raw in self._read_source(src):
                 try:
                     record = self.record_type.from_json(raw)
+                    record.remember_loaded(raw)
                 except (RecordError, KeyError, TypeError, ValueError, AttributeError) as exc:
                     raise StoreCorrupt(f"{src.path}: bad {self.kind} record: {exc}") from exc
                 if src.volatile:
@@ -195,7 +239,8 @@ class RecordStore(Generic[R]):
         if not data.strip():
             return []
         try:
-            parsed = json.loads(data)
+            # Decimal keeps a non-integral number's text, so it is written back exactly.
+            parsed = json.loads(data, parse_float=decimal.Decimal)
         except (ValueError, UnicodeDecodeError) as exc:
             raise StoreCorrupt(f"{src.path}: not valid JSON: {exc}") from exc
         if parsed is None:
@@ -246,11 +291,11 @@ class RecordStore(Generic[R]):
             raise StoreIsReadOnly(f"{self.kind} store at {self.directory} is read-only")
         self.lock.assert_locked_for_write()
         for src in self.sources:
-            mine = [r.to_json() for r in self.records if r.volatile_store == src.volatile]
+            mine = [r for r in self.records if r.volatile_store == src.volatile]
             if not mine and not src.write_when_empty and not os.path.exists(src.path):
                 continue
             os.makedirs(os.path.dirname(src.path), mode=0o700, exist_ok=True)
-            write_json_atomic(src.path, mine)
+            write_file_atomic(src.path, records_json(mine), 0o600)
         self.lock.touch()
         self._mtimes = self._file_mtimes()
 

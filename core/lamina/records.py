@@ -42,14 +42,45 @@ def _sorted_map(value: dict[str, Any]) -> dict[str, Any]:
     return {k: value[k] for k in sorted(value)}
 
 
+class _Record:
+    """Caches a record's JSON object between saves; assigning a stored field drops the cache.
+
+    Stored list and dict fields must be replaced, never changed in place (``r.names = [...]``,
+    not ``r.names.append``), or the cache goes stale; tests run with ``LAMINA_VERIFY_RECORD_CACHE=1``,
+    which makes every save compare the cache with a fresh serialisation.
+    """
+
+    _RUNTIME: frozenset[str] = frozenset()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name not in self._RUNTIME and name != "_cache":
+            object.__setattr__(self, "_cache", None)
+
+    def to_json(self) -> Json:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def json_object(self) -> Json:
+        """The record's JSON object, from the cache when nothing changed since the last save or load."""
+        cached: Json | None = getattr(self, "_cache", None)
+        if cached is None:
+            cached = self.to_json()
+            object.__setattr__(self, "_cache", cached)
+        return cached
+
+    def remember_loaded(self, raw: Json) -> None:
+        """Use the object read from disk as the cache (what was read is what gets written back)."""
+        object.__setattr__(self, "_cache", raw)
+
+
 def _put(out: Json, key: str, value: Any) -> None:
     """Set *key* unless *value* is empty (Go's omitempty)."""
     if value or value is True:
         out[key] = value
 
 
-@dataclass
-class Layer:
+@dataclass(eq=False)
+class Layer(_Record):
     """A layer record (``layers.json``). ``mount_point``/``mount_count``/``read_only`` are not stored."""
 
     id: str
@@ -77,6 +108,7 @@ class Layer:
     read_only: bool = False
     volatile_store: bool = False
 
+    _RUNTIME = frozenset({"mount_point", "mount_count", "read_only", "volatile_store"})
     _KEYS = ("id", "names", "parent", "metadata", "mountlabel", "created", "compressed-diff-digest",
              "compressed-size", "diff-digest", "toc-digest", "diff-size", "compression", "uidset", "gidset",
              "flags", "uidmap", "gidmap", "big-data-names")
@@ -87,53 +119,92 @@ class Layer:
 
     def to_json(self) -> Json:
         out: Json = {"id": self.id}
-        _put(out, "names", list(self.names))
-        _put(out, "parent", self.parent)
-        _put(out, "metadata", self.metadata)
-        _put(out, "mountlabel", self.mount_label)
+        if self.names:
+            out["names"] = list(self.names)
+        if self.parent:
+            out["parent"] = self.parent
+        if self.metadata:
+            out["metadata"] = self.metadata
+        if self.mount_label:
+            out["mountlabel"] = self.mount_label
         out["created"] = self.created or "0001-01-01T00:00:00Z"
-        _put(out, "compressed-diff-digest", self.compressed_digest)
-        _put(out, "compressed-size", self.compressed_size)
-        _put(out, "diff-digest", self.uncompressed_digest)
-        _put(out, "toc-digest", self.toc_digest)
-        _put(out, "diff-size", self.uncompressed_size)
-        _put(out, "compression", self.compression)
-        _put(out, "uidset", list(self.uidset))
-        _put(out, "gidset", list(self.gidset))
-        _put(out, "flags", _sorted_map(self.flags))
-        _put(out, "uidmap", _maps_to_json(self.uidmap))
-        _put(out, "gidmap", _maps_to_json(self.gidmap))
-        _put(out, "big-data-names", list(self.big_data_names))
-        out.update((k, v) for k, v in self.extra.items() if k not in out)
+        if self.compressed_digest:
+            out["compressed-diff-digest"] = self.compressed_digest
+        if self.compressed_size:
+            out["compressed-size"] = self.compressed_size
+        if self.uncompressed_digest:
+            out["diff-digest"] = self.uncompressed_digest
+        if self.toc_digest:
+            out["toc-digest"] = self.toc_digest
+        if self.uncompressed_size:
+            out["diff-size"] = self.uncompressed_size
+        if self.compression:
+            out["compression"] = self.compression
+        if self.uidset:
+            out["uidset"] = list(self.uidset)
+        if self.gidset:
+            out["gidset"] = list(self.gidset)
+        if self.flags:
+            out["flags"] = _sorted_map(self.flags)
+        if self.uidmap:
+            out["uidmap"] = _maps_to_json(self.uidmap)
+        if self.gidmap:
+            out["gidmap"] = _maps_to_json(self.gidmap)
+        if self.big_data_names:
+            out["big-data-names"] = list(self.big_data_names)
+        if self.extra:
+            out.update((k, v) for k, v in self.extra.items() if k not in out)
         return out
 
     @classmethod
     def from_json(cls, data: Json) -> "Layer":
-        return cls(
-            id=_str(data, "id", required=True),
-            names=_strlist(data, "names"),
-            parent=_str(data, "parent"),
-            metadata=_str(data, "metadata"),
-            mount_label=_str(data, "mountlabel"),
-            created=_str(data, "created"),
-            compressed_digest=_str(data, "compressed-diff-digest"),
-            compressed_size=_int(data, "compressed-size"),
-            uncompressed_digest=_str(data, "diff-digest"),
-            toc_digest=_str(data, "toc-digest"),
-            uncompressed_size=_int(data, "diff-size"),
-            compression=_int(data, "compression"),
-            uidset=_intlist(data, "uidset"),
-            gidset=_intlist(data, "gidset"),
-            flags=_dict(data, "flags"),
-            uidmap=_maps_from_json(data.get("uidmap")),
-            gidmap=_maps_from_json(data.get("gidmap")),
-            big_data_names=_strlist(data, "big-data-names"),
-            extra={k: v for k, v in data.items() if k not in cls._KEYS},
-        )
+        # The hot path of loading thousands of layers: plain type checks, no per-field calls, and
+        # no __init__ (whose attribute assignments would each go through __setattr__).
+        get = data.get
+        values: dict[str, Any] = {}
+        for attr, key in _LAYER_STR_FIELDS:
+            v = get(key, "")
+            if type(v) is not str:
+                if v is None:
+                    v = ""
+                else:
+                    raise RecordError(f"field {key!r} must be a string, got {type(v).__name__}")
+            values[attr] = v
+        if not values["id"]:
+            raise RecordError("missing field 'id'")
+        for attr, key in _LAYER_INT_FIELDS:
+            v = get(key, 0)
+            if type(v) is not int:
+                if v is None:
+                    v = 0
+                else:
+                    raise RecordError(f"field {key!r} must be an integer, got {type(v).__name__}")
+            values[attr] = v
+        names = get("names")
+        values["names"] = _strlist(data, "names") if names else []
+        values["uidset"] = _intlist(data, "uidset") if get("uidset") else []
+        values["gidset"] = _intlist(data, "gidset") if get("gidset") else []
+        values["flags"] = _dict(data, "flags") if get("flags") else {}
+        values["uidmap"] = _maps_from_json(get("uidmap")) if get("uidmap") else ()
+        values["gidmap"] = _maps_from_json(get("gidmap")) if get("gidmap") else ()
+        values["big_data_names"] = _strlist(data, "big-data-names") if get("big-data-names") else []
+        values["extra"] = {k: v for k, v in data.items() if k not in _LAYER_KEYS}
+        values.update(mount_point="", mount_count=0, read_only=False, volatile_store=False, _cache=None)
+        layer = cls.__new__(cls)
+        layer.__dict__.update(values)
+        return layer
 
 
-@dataclass
-class Image:
+_LAYER_STR_FIELDS = (("id", "id"), ("parent", "parent"), ("metadata", "metadata"), ("mount_label", "mountlabel"),
+                     ("created", "created"), ("compressed_digest", "compressed-diff-digest"),
+                     ("uncompressed_digest", "diff-digest"), ("toc_digest", "toc-digest"))
+_LAYER_INT_FIELDS = (("compressed_size", "compressed-size"), ("uncompressed_size", "diff-size"),
+                     ("compression", "compression"))
+_LAYER_KEYS = frozenset(Layer._KEYS)
+
+
+@dataclass(eq=False)
+class Image(_Record):
     """An image record (``images.json``). ``digests`` and ``read_only`` are computed, not stored."""
 
     id: str
@@ -153,6 +224,7 @@ class Image:
     read_only: bool = False
     volatile_store: bool = False
 
+    _RUNTIME = frozenset({"digests", "read_only", "volatile_store"})
     _KEYS = ("id", "digest", "names", "names-history", "layer", "mapped-layers", "metadata", "big-data-names",
              "big-data-sizes", "big-data-digests", "created", "flags")
 
@@ -205,8 +277,8 @@ class Image:
         return image
 
 
-@dataclass
-class Container:
+@dataclass(eq=False)
+class Container(_Record):
     """A container record (``containers.json``)."""
 
     id: str
@@ -224,6 +296,7 @@ class Container:
     extra: Json = field(default_factory=dict)
     volatile_store: bool = False
 
+    _RUNTIME = frozenset({"volatile_store"})
     _KEYS = ("id", "names", "image", "layer", "metadata", "big-data-names", "big-data-sizes",
              "big-data-digests", "created", "uidmap", "gidmap", "flags")
 

@@ -312,7 +312,7 @@ class Store:
                 from .layercontent import apply_diff_locked
 
                 apply_diff_locked(self, layer, diff)
-            layer.flags.pop("incomplete", None)
+            layer.flags = {k: v for k, v in layer.flags.items() if k != "incomplete"}
             records.save()
         except BaseException:
             self._delete_layer_locked(layer)
@@ -350,7 +350,7 @@ class Store:
         records = self.layer_store
         while layer.mount_count > 0:
             self._unmount_locked(layer, force=True)
-        layer.flags["incomplete"] = True
+        layer.flags = {**layer.flags, "incomplete": True}
         records.save()
         self._remove_layer_data(layer)
         records.discard(layer)
@@ -720,13 +720,13 @@ class Store:
                     new_digest = (digest_manifest or sha256_digest)(data)
                 else:
                     new_digest = sha256_digest(data)
-                record.big_data_sizes[name] = len(data)
-                record.big_data_digests[name] = new_digest
+                record.big_data_sizes = {**record.big_data_sizes, name: len(data)}
+                record.big_data_digests = {**record.big_data_digests, name: new_digest}
                 if kind == "image":
                     if name.startswith("manifest") and not record.digest:
                         record.digest = new_digest
             if name not in record.big_data_names:
-                record.big_data_names.append(name)
+                record.big_data_names = [*record.big_data_names, name]
             if kind == "image":
                 record.recompute_digests()
             store.save()
@@ -865,7 +865,8 @@ class Store:
 
         with self._access(layers="r", graph=True):
             to_layer, from_layer = self._diff_pair(from_key, to_key)
-            return diff_locked(self, to_layer, from_layer, compression)
+            found = self._find_layer(to_layer.id)
+            return diff_locked(self, to_layer, from_layer, compression, found[1] if found else None)
 
     # ---------------------------------------------------------------- store-wide
 
