@@ -335,3 +335,32 @@ def test_interleaved_writes_lose_nothing(store: Store, roots: tuple[str, str]) -
     assert ids == set(made)
     assert store.names(made[0]) == ["lam0", "extra"]
     assert json.loads(go(roots, "layers", "-j"))[1]["names"] == ["go0", "extra2"]
+
+
+def test_split_image_store_layout(tmp_path: Path) -> None:
+    """1.62's --image-store: images and read-only layers in a second root, container layers in the graph root."""
+    graph, run, images = str(tmp_path / "g"), str(tmp_path / "r"), str(tmp_path / "images")
+    store = Store(graph, run, driver_name="vfs", image_store=images)
+    base = store.create_layer(writeable=False, diff=io.BytesIO(make_tar(BASE_TAR_ENTRIES)))
+    image = store.create_image(top_layer=base.id, names=["split"])
+    ctr = store.create_container(image="split", names=["c"])
+    assert [l["id"] for l in read_json(os.path.join(images, "vfs-layers", "layers.json"))] == [base.id]
+    assert [l["id"] for l in read_json(os.path.join(graph, "vfs-layers", "layers.json"))] == [ctr.layer]
+    assert [i["id"] for i in read_json(os.path.join(images, "vfs-images", "images.json"))] == [image.id]
+    assert os.path.isdir(os.path.join(images, "vfs", "dir", base.id))
+    assert os.path.isdir(os.path.join(graph, "vfs", "dir", ctr.layer))
+    assert len(open(os.path.join(images, "vfs-layers", "layers.lock"), "rb").read()) == 64
+    with open(os.path.join(store.mount("c"), "etc", "hello.txt")) as f:
+        assert f.read() == "hello\n"
+    store.unmount("c")
+    reopened = Store(graph, run, driver_name="vfs", image_store=images)
+    assert {l.id for l in reopened.layers()} == {base.id, ctr.layer}
+    if GO is not None:
+        # 1.43 sees the split image store as an additional read-only store.
+        out = subprocess.run([GO, "--graph", graph, "--run", run, "--storage-driver", "vfs",
+                              "--storage-opt", f"vfs.imagestore={images}", "images", "-j"],
+                             capture_output=True, text=True, check=True).stdout
+        assert [i["id"] for i in json.loads(out)] == [image.id]
+    reopened.delete_container("c")
+    assert reopened.delete_image("split") == [base.id]
+    assert not os.path.exists(os.path.join(images, "vfs", "dir", base.id))

@@ -120,16 +120,61 @@ def records_json(records: list[Any]) -> bytes:
     return go_json_dumps(objs).encode("utf-8")
 
 
+class MultiLock:
+    """Several lock files acting as one, taken in list order (1.62's layer store with a separate
+    image store guards layers.json in both roots this way)."""
+
+    def __init__(self, locks: list[LockFile]) -> None:
+        self.locks = locks
+
+    def lock(self) -> None:
+        self._acquire(write=True)
+
+    def rlock(self) -> None:
+        self._acquire(write=False)
+
+    def _acquire(self, write: bool) -> None:
+        taken: list[LockFile] = []
+        try:
+            for lf in self.locks:
+                (lf.lock if write else lf.rlock)()
+                taken.append(lf)
+        except BaseException:
+            for lf in reversed(taken):
+                lf.unlock()
+            raise
+
+    def unlock(self) -> None:
+        for lf in reversed(self.locks):
+            lf.unlock()
+
+    def modified(self) -> bool:
+        return any([lf.modified() for lf in self.locks])  # evaluate all: each remembers its token
+
+    def touch(self) -> None:
+        for lf in self.locks:
+            lf.touch()
+
+    def assert_locked_for_write(self) -> None:
+        for lf in self.locks:
+            lf.assert_locked_for_write()
+
+
 class NeedsWriteLock(Exception):
     """Internal: loading found something only a writer may fix (incomplete records, duplicate names)."""
 
 
-class Source:
-    """One JSON file of a record store, and whether records loaded from it belong to it."""
+#: Where a record lives (containers/storage 1.62's layer locations): the store's main file, the
+#: separate image store's file, or the volatile file.
+STABLE, IMAGE_STORE, VOLATILE = "stable", "image", "volatile"
 
-    def __init__(self, path: str, volatile: bool, write_when_empty: bool) -> None:
+
+class Source:
+    """One JSON file of a record store; records loaded from it are saved back to it."""
+
+    def __init__(self, path: str, location: str, write_when_empty: bool) -> None:
         self.path = path
-        self.volatile = volatile
+        self.location = location
         self.write_when_empty = write_when_empty
 
 
@@ -144,13 +189,17 @@ class RecordStore(Generic[R]):
     record_type: type
     unknown: type[NotKnown] = NotKnown
 
-    def __init__(self, directory: str, sources: list[Source], lock_path: str, *, read_only: bool = False) -> None:
+    def __init__(self, directory: str, sources: list[Source], lock_path: str | list[str], *,
+                 read_only: bool = False) -> None:
         self.directory = directory
         self.sources = sources
         self.read_only = read_only
         if not read_only:
             os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.lock = _get_lock(lock_path, read_only)
+        paths = [lock_path] if isinstance(lock_path, str) else list(lock_path)
+        self.lock: LockFile | MultiLock = (
+            _get_lock(paths[0], read_only) if len(paths) == 1 else MultiLock([_get_lock(p, read_only) for p in paths])
+        )
         self.records: list[R] = []
         self.by_id: dict[str, R] = {}
         self.by_name: dict[str, R] = {}
@@ -218,8 +267,7 @@ class RecordStore(Generic[R]):
                     record.remember_loaded(raw)
                 except (RecordError, KeyError, TypeError, ValueError, AttributeError) as exc:
                     raise StoreCorrupt(f"{src.path}: bad {self.kind} record: {exc}") from exc
-                if src.volatile:
-                    record.volatile_store = True
+                record.location = src.location
                 if self.read_only and hasattr(record, "read_only"):
                     record.read_only = True
                 records.append(record)
@@ -291,7 +339,7 @@ class RecordStore(Generic[R]):
             raise StoreIsReadOnly(f"{self.kind} store at {self.directory} is read-only")
         self.lock.assert_locked_for_write()
         for src in self.sources:
-            mine = [r for r in self.records if r.volatile_store == src.volatile]
+            mine = [r for r in self.records if r.location == src.location]
             if not mine and not src.write_when_empty and not os.path.exists(src.path):
                 continue
             os.makedirs(os.path.dirname(src.path), mode=0o700, exist_ok=True)
@@ -435,8 +483,8 @@ class LayerRecords(RecordStore[Layer]):
     record_type = Layer
     unknown = LayerUnknown
 
-    def __init__(self, directory: str, sources: list[Source], lock_path: str, *, read_only: bool = False,
-                 mounts_dir: str | None = None) -> None:
+    def __init__(self, directory: str, sources: list[Source], lock_path: str | list[str], *,
+                 read_only: bool = False, mounts_dir: str | None = None) -> None:
         super().__init__(directory, sources, lock_path, read_only=read_only)
         #: Called under the write lock with each incomplete layer found on load; must remove its data.
         self.incomplete_cleaner: Callable[[Layer], None] | None = None

@@ -106,9 +106,9 @@ class Layer(_Record):
     mount_point: str = ""
     mount_count: int = 0
     read_only: bool = False
-    volatile_store: bool = False
+    location: str = "stable"
 
-    _RUNTIME = frozenset({"mount_point", "mount_count", "read_only", "volatile_store"})
+    _RUNTIME = frozenset({"mount_point", "mount_count", "read_only", "location"})
     _KEYS = ("id", "names", "parent", "metadata", "mountlabel", "created", "compressed-diff-digest",
              "compressed-size", "diff-digest", "toc-digest", "diff-size", "compression", "uidset", "gidset",
              "flags", "uidmap", "gidmap", "big-data-names")
@@ -189,7 +189,7 @@ class Layer(_Record):
         values["gidmap"] = _maps_from_json(get("gidmap")) if get("gidmap") else ()
         values["big_data_names"] = _strlist(data, "big-data-names") if get("big-data-names") else []
         values["extra"] = {k: v for k, v in data.items() if k not in _LAYER_KEYS}
-        values.update(mount_point="", mount_count=0, read_only=False, volatile_store=False, _cache=None)
+        values.update(mount_point="", mount_count=0, read_only=False, location="stable", _cache=None)
         layer = cls.__new__(cls)
         layer.__dict__.update(values)
         return layer
@@ -222,9 +222,9 @@ class Image(_Record):
     extra: Json = field(default_factory=dict)
     digests: list[str] = field(default_factory=list)
     read_only: bool = False
-    volatile_store: bool = False
+    location: str = "stable"
 
-    _RUNTIME = frozenset({"digests", "read_only", "volatile_store"})
+    _RUNTIME = frozenset({"digests", "read_only", "location"})
     _KEYS = ("id", "digest", "names", "names-history", "layer", "mapped-layers", "metadata", "big-data-names",
              "big-data-sizes", "big-data-digests", "created", "flags")
 
@@ -294,9 +294,9 @@ class Container(_Record):
     gidmap: tuple[IDMap, ...] = ()
     flags: dict[str, Any] = field(default_factory=dict)
     extra: Json = field(default_factory=dict)
-    volatile_store: bool = False
+    location: str = "stable"
 
-    _RUNTIME = frozenset({"volatile_store"})
+    _RUNTIME = frozenset({"location"})
     _KEYS = ("id", "names", "image", "layer", "metadata", "big-data-names", "big-data-sizes",
              "big-data-digests", "created", "uidmap", "gidmap", "flags")
 

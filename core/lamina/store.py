@@ -37,6 +37,9 @@ from .metastore import (
     ContainerStore,
     ImageStore,
     LayerRecords,
+    IMAGE_STORE,
+    STABLE,
+    VOLATILE,
     RecordStore,
     Source,
     dedupe,
@@ -80,6 +83,7 @@ class Store:
         uid_map: tuple[IDMap, ...] = (),
         gid_map: tuple[IDMap, ...] = (),
         transient_store: bool = False,
+        image_store: str = "",
         plugins: list[object] | tuple[object, ...] = (),
         driver_instance: Any = None,
     ) -> None:
@@ -88,6 +92,9 @@ class Store:
         self.graph_root = os.path.abspath(graph_root)
         self.run_root = os.path.abspath(run_root)
         self.transient_store = transient_store
+        self.image_store_dir = os.path.abspath(image_store) if image_store else ""
+        if self.image_store_dir == self.graph_root:
+            raise ValueError("the image store must be a different directory from the graph root")
         self.id_mappings = IDMappings(tuple(uid_map), tuple(gid_map))
         for path in (self.graph_root, self.run_root):
             os.makedirs(path, mode=0o700, exist_ok=True)
@@ -104,6 +111,7 @@ class Store:
                 options=tuple(driver_options),
                 uid_maps=tuple(uid_map),
                 gid_maps=tuple(gid_map),
+                image_store=self.image_store_dir,
             )
             instance = driver_instance if driver_instance is not None else drivers.new_driver(config)
             self.driver: DriverProxy = build_driver(config, instance, plugins=plugins)
@@ -129,6 +137,7 @@ class Store:
             uid_map=tuple(getattr(options, "uid_map", ()) or ()),
             gid_map=tuple(getattr(options, "gid_map", ()) or ()),
             transient_store=bool(getattr(options, "transient_store", False)),
+            image_store=getattr(options, "image_store", None) or "",
             plugins=plugin_objs,
         )
         kwargs.update(overrides)
@@ -140,22 +149,28 @@ class Store:
         d = self.driver_name
         g, r = self.graph_root, self.run_root
         volatile_root = r if self.transient_store else g
+        layer_sources = [Source(os.path.join(g, f"{d}-layers", "layers.json"), STABLE, True)]
+        layer_locks = [os.path.join(g, f"{d}-layers", "layers.lock")]
+        images_root = g
+        if self.image_store_dir:
+            # 1.62's split image store: image records and read-only layers in a second root.
+            images_root = self.image_store_dir
+            layer_sources.append(
+                Source(os.path.join(images_root, f"{d}-layers", "layers.json"), IMAGE_STORE, True))
+            layer_locks.append(os.path.join(images_root, f"{d}-layers", "layers.lock"))
+        layer_sources.append(Source(os.path.join(volatile_root, f"{d}-layers", "volatile-layers.json"), VOLATILE, False))
         self.layer_store = LayerRecords(
-            os.path.join(g, f"{d}-layers"),
-            [Source(os.path.join(g, f"{d}-layers", "layers.json"), False, True),
-             Source(os.path.join(volatile_root, f"{d}-layers", "volatile-layers.json"), True, False)],
-            os.path.join(g, f"{d}-layers", "layers.lock"),
-            mounts_dir=os.path.join(r, f"{d}-layers"),
+            os.path.join(g, f"{d}-layers"), layer_sources, layer_locks, mounts_dir=os.path.join(r, f"{d}-layers"),
         )
         self.layer_store.incomplete_cleaner = self._remove_layer_data
         self.image_store = ImageStore(
-            os.path.join(g, f"{d}-images"),
-            [Source(os.path.join(g, f"{d}-images", "images.json"), False, True)],
-            os.path.join(g, f"{d}-images", "images.lock"),
+            os.path.join(images_root, f"{d}-images"),
+            [Source(os.path.join(images_root, f"{d}-images", "images.json"), STABLE, True)],
+            os.path.join(images_root, f"{d}-images", "images.lock"),
         )
         cdir = os.path.join(r if self.transient_store else g, f"{d}-containers")
-        csources = [Source(os.path.join(cdir, "containers.json"), False, not self.transient_store),
-                    Source(os.path.join(cdir, "volatile-containers.json"), True, False)]
+        csources = [Source(os.path.join(cdir, "containers.json"), STABLE, not self.transient_store),
+                    Source(os.path.join(cdir, "volatile-containers.json"), VOLATILE, False)]
         self.container_store = ContainerStore(cdir, csources, os.path.join(cdir, "containers.lock"))
         os.makedirs(os.path.join(r, f"{d}-locks"), mode=0o700, exist_ok=True)
         # The first load of each store happens under its write lock, so incomplete layers are
@@ -171,11 +186,11 @@ class Store:
             idir = os.path.join(extra, f"{d}-images")
             if os.path.exists(os.path.join(ldir, "layers.lock")):
                 self.ro_layer_stores.append(
-                    LayerRecords(ldir, [Source(os.path.join(ldir, "layers.json"), False, True)],
+                    LayerRecords(ldir, [Source(os.path.join(ldir, "layers.json"), STABLE, True)],
                                  os.path.join(ldir, "layers.lock"), read_only=True))
             if os.path.exists(os.path.join(idir, "images.lock")):
                 self.ro_image_stores.append(
-                    ImageStore(idir, [Source(os.path.join(idir, "images.json"), False, True)],
+                    ImageStore(idir, [Source(os.path.join(idir, "images.json"), STABLE, True)],
                                os.path.join(idir, "images.lock"), read_only=True))
 
     # ---------------------------------------------------------------- the access mechanism
@@ -298,7 +313,8 @@ class Store:
             flags={"incomplete": True},
             uidmap=maps.uid_map,
             gidmap=maps.gid_map,
-            volatile_store=container_layer and self.transient_store,
+            location=(VOLATILE if container_layer and self.transient_store
+                      else IMAGE_STORE if not writeable and self.image_store_dir else STABLE),
         )
         records.add(layer)
         records.save()
@@ -521,7 +537,7 @@ class Store:
             maps = id_mappings or IDMappings()
             ctr = Container(id=id, names=names, image=img.id if img else "", layer=layer.id, metadata=metadata,
                             created=go_time_now(), uidmap=maps.uid_map, gidmap=maps.gid_map, flags=flags,
-                            volatile_store=self.transient_store)
+                            location=VOLATILE if self.transient_store else STABLE)
             try:
                 store.add(ctr)
                 store.save()

@@ -78,6 +78,9 @@ class MountOpts:
     mount_label: str = ""
     uid_maps: tuple[IDMap, ...] = ()
     gid_maps: tuple[IDMap, ...] = ()
+    #: containers/storage 1.62's separate image store root: read-only (image) layers are created
+    #: under ``<image_store>/<name>/`` instead of *home*. Empty when not configured.
+    image_store: str = ""
     options: tuple[str, ...] = ()
     volatile: bool = False
     disable_shifting: bool = False
@@ -126,8 +129,8 @@ class Change:
 class DriverConfig:
     """What a driver is constructed with.
 
-    *home* is ``<graphroot>/<driver name>``; *options* are the raw ``name.key=value``
-    storage options (already filtered to those that belong to the driver or carry no prefix).
+    *home* is ``<graphroot>/<driver name>``; *options* are the storage options as given
+    (``name.key=value``); a driver rejects the ones it does not know, as containers/storage does.
     """
 
     name: str
@@ -136,3 +139,6 @@ class DriverConfig:
     options: tuple[str, ...] = ()
     uid_maps: tuple[IDMap, ...] = ()
     gid_maps: tuple[IDMap, ...] = ()
+    #: containers/storage 1.62's separate image store root: read-only (image) layers are created
+    #: under ``<image_store>/<name>/`` instead of *home*. Empty when not configured.
+    image_store: str = ""

@@ -57,11 +57,21 @@ class Driver:
             raise LayerUnknown(id)
         return os.path.join(self.home, "dir", id)
 
+    def _image_store_dir(self, id: str) -> str | None:
+        """Where 1.62's separate image store keeps read-only layer *id*, if one is configured."""
+        if not self.config.image_store:
+            return None
+        self._own_dir(id)  # validates the ID
+        return os.path.join(self.config.image_store, "vfs", "dir", id)
+
     def _dir(self, id: str) -> str:
-        """The layer's directory, in this home or in an additional image store."""
+        """The layer's directory: this home, the separate image store, or an additional image store."""
         own = self._own_dir(id)
         if os.path.isdir(own):
             return own
+        split = self._image_store_dir(id)
+        if split is not None and os.path.isdir(split):
+            return split
         for store in self.image_stores:
             candidate = os.path.join(store, "vfs", "dir", id)
             if os.path.isdir(candidate):
@@ -75,7 +85,10 @@ class Driver:
         if opts.storage_opt:
             raise InvalidOption("--storage-opt is not supported for vfs")
         target = self._own_dir(id)
-        if os.path.lexists(target):
+        if not read_write and self.config.image_store:
+            target = self._image_store_dir(id) or target
+            os.makedirs(os.path.dirname(target), mode=0o700, exist_ok=True)
+        if os.path.lexists(target) or os.path.lexists(self._own_dir(id)):
             raise DuplicateID(id)
         parent_dir = None
         if parent:
@@ -103,8 +116,10 @@ class Driver:
 
     @hookimpl
     def driver_remove(self, id: str) -> bool:
-        _remove_tree(self._own_dir(id))
-        _remove_tree(self._own_dir(id) + ".creating")
+        for path in (self._own_dir(id), self._image_store_dir(id)):
+            if path is not None:
+                _remove_tree(path)
+                _remove_tree(path + ".creating")
         return True
 
     @hookimpl
