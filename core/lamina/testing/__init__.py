@@ -443,3 +443,30 @@ class DriverConformance:
         assert snap["etc/hello.txt"][2:4] == (100000, 100000)
         assert snap["dir1/a.txt"][2:4] == (101000, 101001)
         assert snap["dir1/suid"][1] == 0o4755, "set-id bit lost by re-owning"
+
+    # -- optional hooks (answered by the driver or by the core's fallbacks)
+
+    def test_read_write_disk_usage(self, driver: DriverProxy) -> None:
+        driver.create("du", None)
+        self._apply(driver, "du", None, BASE_TAR_ENTRIES)
+        size, inodes = driver.read_write_disk_usage("du")
+        assert size >= len(b"hello\n") + 3 + 4 + 2 + 3
+        assert inodes >= 9
+
+    def test_supports_shifting_is_a_bool(self, driver: DriverProxy) -> None:
+        assert isinstance(driver.supports_shifting(), bool)
+
+    def test_diff_getter_reads_the_layer_own_files(self, driver: DriverProxy) -> None:
+        driver.create("dg", None)
+        self._apply(driver, "dg", None, BASE_TAR_ENTRIES)
+        getter = driver.diff_getter("dg")
+        if getter is None:
+            return  # the core mounts the layer instead; nothing more to check
+        opened = getter("etc/hello.txt")
+        try:
+            assert opened.read() == b"hello\n"
+        finally:
+            opened.close()
+        closer = getattr(getter, "close", None)
+        if closer is not None:
+            closer()
