@@ -219,6 +219,14 @@ class _WrappingPlugin:
     def store_layer_created(self, store_root, layer_id, parent):  # type: ignore[no-untyped-def]
         self.events.append(("created", layer_id))
 
+    @hookimpl
+    def store_diff_applied(self, store_root, layer_id, diff_digest, size):  # type: ignore[no-untyped-def]
+        self.events.append(("applied", diff_digest))
+
+    @hookimpl
+    def store_layer_unmounted(self, store_root, layer_id, count):  # type: ignore[no-untyped-def]
+        self.events.append(("unmounted", str(count)))
+
 
 def test_plugins_may_not_answer_driver_hooks(tmp_path):
     with pytest.raises(PluginError, match="may only wrap"):
@@ -233,8 +241,13 @@ def test_wrapping_plugin_sees_calls_and_events(tmp_path):
     layer = store.create_layer()
     store.mount(layer.id)
     store.unmount(layer.id)
-    assert plugin.seen == [layer.id]
-    assert plugin.events == [("created", layer.id)]
+    tar = make_tar(BASE_TAR_ENTRIES)
+    store.apply_diff(layer.id, io.BytesIO(tar))
+    assert plugin.seen[0] == layer.id
+    import hashlib
+
+    assert plugin.events == [("created", layer.id), ("unmounted", "0"),
+                             ("applied", "sha256:" + hashlib.sha256(tar).hexdigest())]
 
 
 def test_naive_fallback_answers_for_a_driver_without_diff(tmp_path):

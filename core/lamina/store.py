@@ -327,12 +327,15 @@ class Store:
             if diff is not None:
                 from .layercontent import apply_diff_locked
 
-                apply_diff_locked(self, layer, diff)
+                size = apply_diff_locked(self, layer, diff)
             layer.flags = {k: v for k, v in layer.flags.items() if k != "incomplete"}
             records.save()
         except BaseException:
             self._delete_layer_locked(layer)
             raise
+        if diff is not None:
+            self._events.store_diff_applied(store_root=self.graph_root, layer_id=id,
+                                            diff_digest=layer.uncompressed_digest, size=size)
         self._events.store_layer_created(store_root=self.graph_root, layer_id=id, parent=layer.parent or None)
         return layer
 
@@ -841,7 +844,10 @@ class Store:
 
         with self._access(layers="w"):
             layer = self._rw_layer(key)
-            return apply_diff_locked(self, layer, diff)
+            size = apply_diff_locked(self, layer, diff)
+        self._events.store_diff_applied(store_root=self.graph_root, layer_id=layer.id,
+                                        diff_digest=layer.uncompressed_digest, size=size)
+        return size
 
     def _diff_pair(self, from_key: str | None, to_key: str) -> tuple[Layer, Layer | None]:
         to_layer = self._layer(to_key)
