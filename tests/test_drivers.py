@@ -90,11 +90,25 @@ def test_unknown_driver_lists_installed_ones():
     assert "vfs" in info.value.available and "vfs" in str(info.value)
 
 
-def test_placeholder_drivers_report_not_supported(tmp_path):
-    for name in ("overlay", "btrfs"):
-        assert drivers.support_reason(name, str(tmp_path)) == "not implemented yet"
-        with pytest.raises(DriverNotSupported, match="not implemented yet"):
-            drivers.new_driver(_config(tmp_path, name))
+class _Unsupported(BrokenDriver):
+    @classmethod
+    def check_host(cls, graph_root: str) -> None:
+        raise DriverNotSupported("nope", f"{graph_root} lacks the magic")
+
+
+def test_unsupported_driver_reports_why(tmp_path):
+    drivers.register_driver("nope", _Unsupported)
+    try:
+        assert drivers.support_reason("nope", str(tmp_path)) == f"{tmp_path} lacks the magic"
+        with pytest.raises(DriverNotSupported, match="lacks the magic"):
+            drivers.new_driver(_config(tmp_path, "nope"))
+    finally:
+        drivers.unregister_driver("nope")
+
+
+def test_btrfs_is_not_supported_off_btrfs(tmp_path):
+    reason = drivers.support_reason("btrfs", str(tmp_path))
+    assert reason is not None and reason != ""
 
 
 def test_two_distributions_claiming_one_name(tmp_path):
@@ -143,12 +157,28 @@ def test_registered_driver_is_found(tmp_path):
 def test_choose_driver_by_priority_and_prior_state(tmp_path):
     root = tmp_path / "g"
     root.mkdir()
-    assert drivers.choose_driver(str(root)) == "vfs"  # overlay and btrfs are not supported yet
+    drivers.register_driver("nope", _Unsupported)
+    try:
+        assert drivers.choose_driver(str(root), ("nope", "vfs")) == "vfs"  # the first supported one
+        with pytest.raises(DriverNotSupported, match="nope: .* lacks the magic"):
+            _only_unsupported(str(root))
+    finally:
+        drivers.unregister_driver("nope")
     (root / "vfs").mkdir()
-    assert drivers.choose_driver(str(root)) == "vfs"
+    assert drivers.choose_driver(str(root)) == "vfs"  # prior state wins over the priority list
     (root / "overlay").mkdir()
     with pytest.raises(DriverConflict, match="several valid graph drivers"):
         drivers.choose_driver(str(root))
+
+
+def _only_unsupported(root: str) -> str:
+    """choose_driver with every installed driver hidden except the unsupported one."""
+    saved = drivers.installed_driver_names
+    drivers.installed_driver_names = lambda: ["nope"]  # type: ignore[assignment]
+    try:
+        return drivers.choose_driver(root, ("nope",))
+    finally:
+        drivers.installed_driver_names = saved  # type: ignore[assignment]
 
 
 # ---------------------------------------------------------------- validation
