@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(containers-storage btrfs-progs fuse-overlayfs busybox-static jq debootstrap e2fsprogs)
+DEBS=(containers-storage btrfs-progs fuse-overlayfs xfsprogs busybox-static jq debootstrap e2fsprogs
+      skopeo podman buildah crun)
 missing=()
 for pkg in "${DEBS[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

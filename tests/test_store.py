@@ -97,6 +97,8 @@ def test_set_names_moves_names_and_keeps_history(store: Store, roots: tuple[str,
     assert store.image(a.id).names == []
     assert store.image(b.id).names == ["other", "img2", "third"]
     assert store.image(a.id).names_history == ["img2"]
+    store.add_names(a.id, ["x", "y"])
+    assert store.image(a.id).names_history == ["y", "x", "img2"]  # Go prepends each name in turn
     store.remove_names(b.id, ["other"])
     assert store.names(b.id) == ["img2", "third"]
 

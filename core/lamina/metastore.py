@@ -455,7 +455,11 @@ class ImageStore(RecordStore[Image]):
 
     def names_changed(self, record: Image, names: list[str], op: str) -> None:
         if op in ("set", "add"):
-            record.names_history = dedupe(list(names) + record.names_history)
+            # Go prepends each name in turn, so the last one given ends up first.
+            history = list(record.names_history)
+            for name in names:
+                history = dedupe([name] + history)
+            record.names_history = history
 
     def by_digest(self, digest: str) -> list[Image]:
         return [i for i in self.records if digest in i.digests]

@@ -752,9 +752,10 @@ class Store:
 
     # ---------------------------------------------------------------- mounts
 
-    def _mount_opts(self, layer: Layer, mount_label: str, options: tuple[str, ...]) -> MountOpts:
+    def _mount_opts(self, layer: Layer, mount_label: str, options: tuple[str, ...],
+                    volatile: bool = False) -> MountOpts:
         return MountOpts(mount_label=mount_label or layer.mount_label, uid_maps=layer.uidmap,
-                         gid_maps=layer.gidmap, options=options)
+                         gid_maps=layer.gidmap, options=options, volatile=volatile)
 
     def _mount_locked(self, layer: Layer, opts: MountOpts) -> str:
         records = self.layer_store
@@ -787,18 +788,18 @@ class Store:
                                                count=layer.mount_count)
             return layer.mount_count > 0
 
-    def _mount_target(self, key: str) -> tuple[Layer, str]:
-        """Resolve a container (by ID, name or layer) or a layer; returns (layer, mount label)."""
+    def _mount_target(self, key: str) -> tuple[Layer, str, bool]:
+        """Resolve a container (by ID, name or layer) or a layer; returns (layer, mount label, volatile)."""
         ctr = self.container_store.lookup(key)
         if ctr is not None:
-            return self._rw_layer(ctr.layer), str(ctr.flags.get("MountLabel", ""))
-        return self._rw_layer(key), ""
+            return self._rw_layer(ctr.layer), str(ctr.flags.get("MountLabel", "")), ctr.volatile
+        return self._rw_layer(key), "", False
 
     def mount(self, key: str, mount_label: str = "", options: tuple[str, ...] = ()) -> str:
         """Mount a container's or a layer's tree and return its path; counts nest."""
         with self._access(layers="w", containers="r", graph=True):
-            layer, label = self._mount_target(key)
-            return self._mount_locked(layer, self._mount_opts(layer, mount_label or label, options))
+            layer, label, volatile = self._mount_target(key)
+            return self._mount_locked(layer, self._mount_opts(layer, mount_label or label, options, volatile))
 
     def mount_image(self, key: str, options: tuple[str, ...] = (), mount_label: str = "") -> str:
         """Mount an image's top layer read-only and return its path."""
@@ -819,7 +820,7 @@ class Store:
         """Drop one mount (all with *force*); returns whether the layer is still mounted."""
         with self._access(layers="w", images="r", containers="r", graph=True):
             try:
-                layer, _ = self._mount_target(key)
+                layer, _, _ = self._mount_target(key)
             except LayerUnknown:
                 image = self._find_image(key)
                 if image is None or not image[0].top_layer:
@@ -830,7 +831,7 @@ class Store:
     def mounted(self, key: str) -> int:
         """The mount count of the container's or layer's layer."""
         with self._access(layers="r", containers="r"):
-            layer, _ = self._mount_target(key)
+            layer, _, _ = self._mount_target(key)
             return layer.mount_count
 
     # ---------------------------------------------------------------- layer content
