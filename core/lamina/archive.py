@@ -413,8 +413,11 @@ class _TarReader:
     def _check_sum(block: bytes, where: str) -> None:
         stored = _parse_number(block[148:156], "checksum", where)
         unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+        if stored == unsigned:
+            return
+        # signed sum (old writers): only worth counting the high bytes when the unsigned one fails
         high = sum(1 for b in block[:148] if b & 0x80) + sum(1 for b in block[156:] if b & 0x80)
-        if stored not in (unsigned, unsigned - 256 * high):
+        if stored != unsigned - 256 * high:
             raise ArchiveError(f"{where}: header checksum mismatch (corrupt archive)")
 
     @staticmethod
