@@ -85,7 +85,7 @@ _HEADER_ONLY = frozenset({_LNK, _SYM, _CHR, _BLK, _DIR, _FIFO})
 
 
 @dataclass
-class _Header:
+class TarHeader:
     """One logical tar entry (extension headers already folded in)."""
 
     name: str
@@ -183,7 +183,7 @@ def _ustar_block(
     return bytes(blk)
 
 
-def _encode_header(h: _Header) -> bytes:
+def encode_header(h: TarHeader) -> bytes:
     """Header blocks for *h*: plain ustar, preceded by a PAX header when needed."""
     pax: list[tuple[bytes, bytes]] = []
     name_b = os.fsencode(h.name)
@@ -296,7 +296,7 @@ class _TarReader:
         self._stream = stream
         self.offset = 0
         self._remaining = 0  # unread data + padding of the current entry
-        self._current: _Header | None = None
+        self._current: TarHeader | None = None
 
     def _read(self, n: int) -> bytes:
         chunks: list[bytes] = []
@@ -343,7 +343,7 @@ class _TarReader:
         self._remaining -= n
         return data
 
-    def next(self) -> _Header | None:
+    def next(self) -> TarHeader | None:
         """The next entry, or None at the end of the archive."""
         self._skip_rest()
         self._current = None
@@ -421,13 +421,13 @@ class _TarReader:
             raise ArchiveError(f"{where}: header checksum mismatch (corrupt archive)")
 
     @staticmethod
-    def _build(block: bytes, typeflag: bytes, size: int, where: str) -> _Header:
+    def _build(block: bytes, typeflag: bytes, size: int, where: str) -> TarHeader:
         name = _cstring(block[0:100])
         if block[257:263] == b"ustar\0":
             prefix = _cstring(block[345:500])
             if prefix:
                 name = prefix + b"/" + name
-        return _Header(
+        return TarHeader(
             name=os.fsdecode(name),
             typeflag=typeflag,
             mode=_parse_number(block[100:108], "mode", where),
@@ -441,7 +441,7 @@ class _TarReader:
         )
 
     @staticmethod
-    def _apply_pax(h: _Header, pax: dict[str, bytes], where: str) -> None:
+    def _apply_pax(h: TarHeader, pax: dict[str, bytes], where: str) -> None:
         for key, value in pax.items():
             try:
                 if key.startswith("SCHILY.xattr."):
@@ -500,7 +500,8 @@ class _GeneratorStream(io.RawIOBase):
         super().close()
 
 
-def _as_stream(chunks: Iterator[bytes]) -> BinaryIO:
+def chunks_stream(chunks: Iterator[bytes]) -> BinaryIO:
+    """A buffered, read-only stream over *chunks*, produced lazily as it is read."""
     return io.BufferedReader(_GeneratorStream(chunks), buffer_size=1 << 16)
 
 
@@ -891,7 +892,7 @@ def _read_export_xattrs(path: str | int) -> dict[str, bytes]:
     return out
 
 
-class _Exporter:
+class TreeExporter:
     """Turns files of a tree (addressed through a root fd) into tar chunks."""
 
     def __init__(self, root_fd: int, mappings: IDMappings) -> None:
@@ -922,7 +923,7 @@ class _Exporter:
                 _LOG.warning("not archiving %r: sockets cannot be stored in tar", name)
                 return st
             is_dir = typeflag == _DIR
-            h = _Header(
+            h = TarHeader(
                 name=name + "/" if is_dir else name,
                 typeflag=typeflag,
                 mode=fmt | stat.S_IMODE(st.st_mode),
@@ -950,7 +951,7 @@ class _Exporter:
                     h.uid, h.gid = self.mappings.to_container(st.st_uid, st.st_gid)
                 except ValueError as e:
                     raise ArchiveError(f"cannot archive {name!r}: {e}") from e
-            yield _encode_header(h)
+            yield encode_header(h)
             if h.typeflag == _REG and h.size:
                 assert fd is not None
                 yield from _file_chunks(fd, h.size, name)
@@ -986,7 +987,7 @@ def _tar_tree_chunks(root: str, mappings: IDMappings) -> Iterator[bytes]:
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     frames: list[tuple[int, str, Iterator[str]]] = []
     try:
-        ex = _Exporter(root_fd, mappings)
+        ex = TreeExporter(root_fd, mappings)
         frames.append((os.dup(root_fd), "", iter(_sorted_listing(root_fd))))
         while frames:
             fd, prefix, names = frames[-1]
@@ -1013,14 +1014,14 @@ def tar_tree(root: str, mappings: IDMappings) -> BinaryIO:
     Order is Go's ``filepath.Walk`` order; owners are mapped host -> container through
     *mappings*; hardlinks within the tree become link entries; security.capability and
     user.* xattrs go into PAX records; mtimes are truncated to seconds (as Go does)."""
-    return _as_stream(_tar_tree_chunks(root, mappings))
+    return chunks_stream(_tar_tree_chunks(root, mappings))
 
 
 def _export_chunks(layer: str, changes: list[Change], mappings: IDMappings) -> Iterator[bytes]:
     root_fd = os.open(layer, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     cached: tuple[tuple[str, ...], int] | None = None
     try:
-        ex = _Exporter(root_fd, mappings)
+        ex = TreeExporter(root_fd, mappings)
         for ch in _sort_changes(changes):
             comps = _clean_name(ch.path, f"change {ch.path!r}")
             if not comps:
@@ -1028,7 +1029,7 @@ def _export_chunks(layer: str, changes: list[Change], mappings: IDMappings) -> I
             if ch.kind == ChangeKind.DELETE:
                 wh = "/".join(comps[:-1] + [WHITEOUT_PREFIX + comps[-1]])
                 now = time.time_ns() // 1_000_000_000 * 1_000_000_000
-                yield _encode_header(_Header(name=wh, typeflag=_REG, mtime_ns=now))
+                yield encode_header(TarHeader(name=wh, typeflag=_REG, mtime_ns=now))
                 continue
             parent = tuple(comps[:-1])
             if cached is None or cached[0] != parent:
@@ -1056,7 +1057,7 @@ def export_changes(layer: str, changes: list[Change], mappings: IDMappings) -> B
     directories are present because :func:`changes_dirs` lists them as Modify); Delete
     becomes an empty AUFS whiteout file ``dir/.wh.name``.  Entries that vanish meanwhile
     are skipped with a warning; an owner outside *mappings* raises ArchiveError on read."""
-    return _as_stream(_export_chunks(layer, list(changes), mappings))
+    return chunks_stream(_export_chunks(layer, list(changes), mappings))
 
 
 # ---------------------------------------------------------------------------- apply
@@ -1081,7 +1082,7 @@ class _Applier:
 
     # -- helpers
 
-    def _host_ids(self, h: _Header) -> tuple[int, int]:
+    def _host_ids(self, h: TarHeader) -> tuple[int, int]:
         try:
             return self.opts.mappings.to_host(h.uid, h.gid)
         except ValueError as e:
@@ -1132,7 +1133,7 @@ class _Applier:
         self._finish_dirs()
         return self.size
 
-    def _entry(self, h: _Header, reader: _TarReader) -> None:
+    def _entry(self, h: TarHeader, reader: _TarReader) -> None:
         comps = _clean_name(h.name, h.where())
         if comps and comps[0].startswith(WHITEOUT_META_PREFIX) and comps != [WHITEOUT_OPAQUE]:
             _LOG.debug("%s: AUFS metadata skipped", h.where())
@@ -1156,11 +1157,11 @@ class _Applier:
             self.dir_times.append((real_parent + [comps[-1]], *self._times(h)))
 
     @staticmethod
-    def _times(h: _Header) -> tuple[int, int]:
+    def _times(h: TarHeader) -> tuple[int, int]:
         atime = h.atime_ns if h.atime_ns is not None and h.atime_ns > h.mtime_ns else h.mtime_ns
         return atime, h.mtime_ns
 
-    def _root_entry(self, h: _Header) -> None:
+    def _root_entry(self, h: TarHeader) -> None:
         if h.typeflag != _DIR:
             raise UnsafeArchive(f"{h.where()}: a non-directory cannot replace the destination root")
         uid, gid = self._host_ids(h)
@@ -1170,10 +1171,10 @@ class _Applier:
         os.fchmod(fd, self._mode(h))
         self.dir_times.append(([], *self._times(h)))
 
-    def _mode(self, h: _Header) -> int:
+    def _mode(self, h: TarHeader) -> int:
         return self.opts.force_mask if self.opts.force_mask is not None else h.mode & 0o7777
 
-    def _whiteout(self, h: _Header, comps: list[str]) -> None:
+    def _whiteout(self, h: TarHeader, comps: list[str]) -> None:
         base = comps[-1]
         pfd, real_parent = self._parent(comps)
         try:
@@ -1219,7 +1220,7 @@ class _Applier:
             for fd, _ in stack:
                 os.close(fd)
 
-    def _create(self, h: _Header, pfd: int, leaf: str, reader: _TarReader) -> None:
+    def _create(self, h: TarHeader, pfd: int, leaf: str, reader: _TarReader) -> None:
         existing = _lstat_at(pfd, leaf)
         if existing is not None and not (stat.S_ISDIR(existing.st_mode) and h.typeflag == _DIR):
             _remove_at(pfd, leaf, existing)
@@ -1262,7 +1263,7 @@ class _Applier:
         else:
             raise ArchiveError(f"{h.where()}: unhandled tar entry type {t!r}")
 
-    def _hardlink(self, h: _Header, pfd: int, leaf: str) -> None:
+    def _hardlink(self, h: TarHeader, pfd: int, leaf: str) -> None:
         tcomps = _clean_name(h.linkname, f"{h.where()} (hardlink target)")
         if not tcomps:
             raise UnsafeArchive(f"{h.where()}: hardlink to the destination root")
@@ -1280,7 +1281,7 @@ class _Applier:
         finally:
             os.close(tfd)
 
-    def _set_xattrs(self, h: _Header, fd: int | None, pfd: int | None, leaf: str | None) -> None:
+    def _set_xattrs(self, h: TarHeader, fd: int | None, pfd: int | None, leaf: str | None) -> None:
         for key in sorted(h.xattrs):
             if key.startswith("trusted.overlay."):
                 _LOG.warning("%s: refusing to set %s from an archive", h.where(), key)
@@ -1300,20 +1301,20 @@ class _Applier:
                     continue
                 raise
 
-    def _override_stat(self, h: _Header, target: int | str, uid: int, gid: int) -> None:
+    def _override_stat(self, h: TarHeader, target: int | str, uid: int, gid: int) -> None:
         if self.opts.force_mask is None:
             return
         value = f"{uid}:{gid}:0{h.mode & 0o7777:o}".encode()
         os.setxattr(target, OVERRIDE_STAT_XATTR, value)
 
-    def _fd_meta(self, h: _Header, fd: int, uid: int, gid: int, what: str) -> None:
+    def _fd_meta(self, h: TarHeader, fd: int, uid: int, gid: int, what: str) -> None:
         self._chown(lambda: os.fchown(fd, uid, gid), what)
         self._set_xattrs(h, fd, None, None)
         os.fchmod(fd, self._mode(h))
         self._override_stat(h, fd, uid, gid)
 
     def _path_meta(
-        self, h: _Header, pfd: int, leaf: str, uid: int, gid: int, *, is_symlink: bool
+        self, h: TarHeader, pfd: int, leaf: str, uid: int, gid: int, *, is_symlink: bool
     ) -> None:
         self._chown(
             lambda: os.chown(leaf, uid, gid, dir_fd=pfd, follow_symlinks=False), leaf

@@ -151,13 +151,12 @@ def _opaque_needs_marker(lowers: list[str], rel: str) -> bool:
 
 
 def _diff_chunks(upper: str, lowers: list[str], mappings: IDMappings) -> Iterator[bytes]:
-    # The entry encoder is lamina.archive's (private) exporter, so native and naive diffs carry
-    # identical headers; see the package notes for the public API this is waiting for.
-    from lamina import archive as _archive
+    # lamina.archive's entry encoder, so native and naive diffs carry identical headers.
+    from lamina import archive
 
     root_fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        exporter = _archive._Exporter(root_fd, mappings)
+        exporter = archive.TreeExporter(root_fd, mappings)
         for rel, st in _walk(upper):
             parent_rel, _, leaf = rel.rpartition("/")
             if is_whiteout(st):
@@ -165,7 +164,7 @@ def _diff_chunks(upper: str, lowers: list[str], mappings: IDMappings) -> Iterato
                 if not mappings.empty:
                     uid, gid = mappings.to_container(uid, gid)
                 name = (parent_rel + "/" if parent_rel else "") + WHITEOUT_PREFIX + leaf
-                yield _archive._encode_header(_archive._Header(
+                yield archive.encode_header(archive.TarHeader(
                     name=name, typeflag=b"0", mode=0o600, uid=uid, gid=gid,
                     mtime_ns=st.st_mtime_ns // 10**9 * 10**9))
                 continue
@@ -179,7 +178,7 @@ def _diff_chunks(upper: str, lowers: list[str], mappings: IDMappings) -> Iterato
                     uid, gid = got.st_uid, got.st_gid
                     if not mappings.empty:
                         uid, gid = mappings.to_container(uid, gid)
-                    yield _archive._encode_header(_archive._Header(
+                    yield archive.encode_header(archive.TarHeader(
                         name=rel + "/" + WHITEOUT_OPAQUE, typeflag=b"0", mode=stat.S_IMODE(got.st_mode) & 0o777,
                         uid=uid, gid=gid, mtime_ns=0))
         yield bytes(1024)
@@ -191,9 +190,9 @@ def overlay_diff_tar(upper: str, lowers: list[str], mappings: IDMappings) -> Bin
     """Lazily produced uncompressed tar of the upper dir *upper*, whiteouts converted to AUFS form.
 
     Entries come in walk order, owners mapped host -> container through *mappings*."""
-    from lamina import archive as _archive
+    from lamina import archive
 
-    return _archive._as_stream(_diff_chunks(upper, lowers, mappings))
+    return archive.chunks_stream(_diff_chunks(upper, lowers, mappings))
 
 
 class DiffFiles:
