@@ -1,0 +1,80 @@
+"""mount, unmount (umount), mounted.
+
+``mount -o/--opt`` is parsed and ignored, as in Go. ``unmount -j`` and ``mounted -j`` print
+their text lines *and* the JSON, as Go does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .output import err, go_error, go_json, out
+
+
+def mount(ctx: Any) -> int:
+    f = ctx.flags
+    results = []
+    for arg in ctx.args:
+        try:
+            if f["ro"]:
+                path = ctx.store.mount_image(arg, ("noexec", "nosuid"), f["label"])
+            else:
+                path = ctx.store.mount(arg, f["label"])
+            results.append({"id": arg, "mountpoint": path, "error": ""})
+        except Exception as exc:
+            results.append({"id": arg, "mountpoint": "", "error": go_error(exc)})
+    if ctx.json:
+        out(go_json(results))
+    else:
+        for r in results:
+            if r["error"]:
+                err(f"{r['error']} while mounting {r['id']}\n")
+            out(f"{r['mountpoint']}\n")
+    return 1 if any(r["error"] for r in results) else 0
+
+
+def unmount(ctx: Any) -> int:
+    store = ctx.store
+    results = []
+    failed = False
+    for arg in ctx.args:
+        text = ""
+        try:
+            # Go tries Unmount (a layer or container) first and UnmountImage after; only the
+            # first one reports "unmounted". lamina's Store.unmount does both.
+            is_layer, _is_image, is_container = store.exists(arg)
+            still = store.unmount(arg, bool(ctx.flags["force"]))
+            if (is_layer or is_container) and not still:
+                out(f"{arg} mountpoint unmounted\n")
+        except Exception as exc:
+            text = go_error(exc)
+            failed = True
+        results.append({"id": arg, "error": text})
+    if ctx.json:
+        out(go_json(results))
+    else:
+        for r in results:
+            if r["error"]:
+                err(f"{r['error']} while unmounting {r['id']}\n")
+    return 1 if failed else 0
+
+
+def mounted(ctx: Any) -> int:
+    results = []
+    failed = False
+    for arg in ctx.args:
+        text = ""
+        try:
+            if ctx.store.mounted(arg) > 0:
+                out(f"{arg} mounted\n")
+        except Exception as exc:
+            text = go_error(exc)
+            failed = True
+        results.append({"id": arg, "error": text})
+    if ctx.json:
+        out(go_json(results))
+    else:
+        for r in results:
+            if r["error"]:
+                err(f"{r['error']} checking if {r['id']} is mounted\n")
+    return 1 if failed else 0

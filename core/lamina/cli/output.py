@@ -1,0 +1,143 @@
+"""Writing like the Go tool: raw UTF-8 to the standard streams, Go's JSON encoding, Go's error text.
+
+Everything is written straight to the byte buffers and flushed at once, so stdout and stderr
+interleave on a terminal the way Go's unbuffered writes do. Names that are not valid UTF-8
+(surrogate-escaped by Python) are written back as the original bytes.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+__all__ = ["err", "go_error", "go_json", "out", "out_bytes"]
+
+
+def _write(stream: Any, data: bytes) -> None:
+    buffer = getattr(stream, "buffer", None)
+    if buffer is not None:
+        stream.flush()
+        buffer.write(data)
+        buffer.flush()
+    else:  # a text-only stream (tests' StringIO)
+        stream.write(data.decode("utf-8", "surrogateescape"))
+        stream.flush()
+
+
+def out(text: str) -> None:
+    """Write *text* to stdout (Go's fmt.Printf)."""
+    _write(sys.stdout, text.encode("utf-8", "surrogateescape"))
+
+
+def out_bytes(data: bytes) -> None:
+    _write(sys.stdout, data)
+
+
+def err(text: str) -> None:
+    """Write *text* to stderr (Go's fmt.Fprintf(os.Stderr, ...))."""
+    _write(sys.stderr, text.encode("utf-8", "surrogateescape"))
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def _json_string(value: str) -> str:
+    # encoding/json with HTML escaping on (json.NewEncoder's default).
+    parts = ['"']
+    for ch in value:
+        o = ord(ch)
+        if ch == '"':
+            parts.append('\\"')
+        elif ch == "\\":
+            parts.append("\\\\")
+        elif ch == "\n":
+            parts.append("\\n")
+        elif ch == "\r":
+            parts.append("\\r")
+        elif ch == "\t":
+            parts.append("\\t")
+        elif o < 0x20 or ch in "<>&" or o in (0x2028, 0x2029):
+            parts.append(f"\\u{o:04x}")
+        elif 0xD800 <= o <= 0xDFFF:  # invalid UTF-8 (surrogate-escaped bytes)
+            parts.append("\ufffd")
+        else:
+            parts.append(ch)
+    parts.append('"')
+    return "".join(parts)
+
+
+def _encode(value: Any, parts: list[str]) -> None:
+    if value is None:
+        parts.append("null")
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif isinstance(value, str):
+        parts.append(_json_string(value))
+    elif isinstance(value, int):
+        parts.append(str(value))
+    elif isinstance(value, float):
+        parts.append(repr(value))
+    elif isinstance(value, dict):
+        parts.append("{")
+        first = True
+        for k, v in value.items():
+            if not first:
+                parts.append(",")
+            first = False
+            parts.append(_json_string(str(k)))
+            parts.append(":")
+            _encode(v, parts)
+        parts.append("}")
+    elif isinstance(value, (list, tuple)):
+        parts.append("[")
+        for i, item in enumerate(value):
+            if i:
+                parts.append(",")
+            _encode(item, parts)
+        parts.append("]")
+    else:
+        to_json = getattr(value, "to_json", None)
+        if to_json is None:
+            raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+        _encode(to_json(), parts)
+
+
+def go_json(value: Any) -> str:
+    """``json.NewEncoder(w).Encode(value)``: compact, HTML-escaped, one trailing newline.
+
+    Dicts are written in their own order: pass Go maps with sorted keys (:func:`go_map`).
+    """
+    parts: list[str] = []
+    _encode(value, parts)
+    parts.append("\n")
+    return "".join(parts)
+
+
+def go_map(value: dict[str, Any]) -> dict[str, Any]:
+    """A Go map's JSON order: keys sorted (byte order)."""
+    return {k: value[k] for k in sorted(value, key=lambda k: k.encode("utf-8", "surrogateescape"))}
+
+
+# ---------------------------------------------------------------- errors
+
+
+def go_error(exc: BaseException, op: str = "") -> str:
+    """An error's text as Go's ``%v``/``%+v`` would show the equivalent Go error.
+
+    OSError becomes ``<op> <path>: <errno text>`` (Go's *PathError), lamina errors keep their
+    message (they already carry Go's text).
+    """
+    if isinstance(exc, OSError) and exc.errno is not None:
+        import os
+
+        text = os.strerror(exc.errno)
+        text = text[:1].lower() + text[1:]
+        if exc.filename is not None:
+            return f"{op + ' ' if op else ''}{exc.filename}: {text}"
+        return text
+    text = str(exc)
+    if not text:
+        text = type(exc).__name__
+    return text
