@@ -112,8 +112,8 @@ def test_btrfs_is_not_supported_off_btrfs(tmp_path):
 
 
 def test_two_distributions_claiming_one_name(tmp_path):
-    _fake_dist(tmp_path, "dist_one", "[lamina.drivers]\ndupe = os:path\n")
-    _fake_dist(tmp_path, "dist_two", "[lamina.drivers]\ndupe = os:sep\n")
+    _fake_dist(tmp_path, "dist_one", "[lamina.drivers]\ndupe = collections:OrderedDict\n")
+    _fake_dist(tmp_path, "dist_two", "[lamina.drivers]\ndupe = collections:Counter\n")
     proc = _run_py(
         """
         from lamina.drivers import load_driver_class

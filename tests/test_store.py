@@ -366,3 +366,20 @@ def test_split_image_store_layout(tmp_path: Path) -> None:
     reopened.delete_container("c")
     assert reopened.delete_image("split") == [base.id]
     assert not os.path.exists(os.path.join(images, "vfs", "dir", base.id))
+
+
+def test_open_from_storage_conf_with_additional_image_store(tmp_path: Path) -> None:
+    from lamina.config import load_store_options
+
+    ro_roots = (str(tmp_path / "ro-g"), str(tmp_path / "ro-r"))
+    ro = Store(*ro_roots, driver_name="vfs")
+    ro.create_image(top_layer=ro.create_layer().id, names=["from-conf"])
+    conf = tmp_path / "storage.conf"
+    conf.write_text(
+        f'[storage]\ndriver = "vfs"\ngraphroot = "{tmp_path / "g"}"\nrunroot = "{tmp_path / "r"}"\n'
+        f'[storage.options]\nadditionalimagestores = ["{ro_roots[0]}"]\n'
+    )
+    opts = load_store_options(rootless=False, path=str(conf), environ={})
+    store = Store.open(opts)
+    assert store.driver_name == "vfs"
+    assert store.image("from-conf").read_only

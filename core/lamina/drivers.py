@@ -85,6 +85,10 @@ def _raise_load_failure(_manager: Any, entrypoint: Any, exc: BaseException) -> N
     raise DriverLoadError(entrypoint.name, exc) from exc
 
 
+def _no_missing_warning(names: Any) -> None:
+    """stevedore's default logs a warning for a missing driver; lamina raises DriverNotFound instead."""
+
+
 def load_driver_class(name: str) -> DriverFactory:
     """Import driver *name* and return its factory, without constructing it.
 
@@ -93,25 +97,23 @@ def load_driver_class(name: str) -> DriverFactory:
     """
     if name in _registered:
         return _registered[name]
-    claims = [d for d in installed_drivers() if d.name == name]
-    if not claims:
-        raise DriverNotFound(name, installed_driver_names())
-    if len(claims) > 1:
-        raise DriverConflict(name, [f"{d.distribution} {d.version} ({d.target})" for d in claims])
     from stevedore import driver as sd_driver
     from stevedore import exception as sd_exc
 
+    # stevedore scans the entry points once; the metadata scan below runs only to explain a failure.
     try:
         manager = sd_driver.DriverManager(
             DRIVER_GROUP,
             name,
             invoke_on_load=False,
             on_load_failure_callback=_raise_load_failure,
+            on_missing_entrypoints_callback=_no_missing_warning,
         )
     except sd_exc.NoMatches:
         raise DriverNotFound(name, installed_driver_names()) from None
     except sd_exc.MultipleMatches:
-        raise DriverConflict(name, [d.distribution for d in claims]) from None
+        claims = [d for d in installed_drivers() if d.name == name]
+        raise DriverConflict(name, [f"{d.distribution} {d.version} ({d.target})" for d in claims]) from None
     factory: DriverFactory = manager.driver
     return factory
 

@@ -130,9 +130,13 @@ class Store:
         plugin_objs = []
         if getattr(options, "plugins", None):
             plugin_objs = [drivers.load_plugin(p) for p in options.plugins]
+        # The driver is chosen here so that storage.conf's options (additionalimagestores
+        # included) can be narrowed to the ones that apply to it.
+        name = options.graph_driver_name or drivers.choose_driver(
+            os.path.abspath(options.graph_root), tuple(getattr(options, "graph_driver_priority", ()) or ()))
         kwargs: dict[str, Any] = dict(
-            driver_name=options.graph_driver_name,
-            driver_options=list(options.graph_driver_options),
+            driver_name=name,
+            driver_options=options.driver_options_for(name),
             driver_priority=list(getattr(options, "graph_driver_priority", []) or []),
             uid_map=tuple(getattr(options, "uid_map", ()) or ()),
             gid_map=tuple(getattr(options, "gid_map", ()) or ()),
@@ -192,6 +196,11 @@ class Store:
                 self.ro_image_stores.append(
                     ImageStore(idir, [Source(os.path.join(idir, "images.json"), STABLE, True)],
                                os.path.join(idir, "images.lock"), read_only=True))
+        # Finish or undo what a process that died mid-operation left (lamina.check's intents).
+        from .check import recover_interrupted
+
+        self._events = self.driver.events
+        recover_interrupted(self)
 
     # ---------------------------------------------------------------- the access mechanism
 
@@ -274,8 +283,9 @@ class Store:
 
     def _remove_layer_data(self, layer: Layer) -> None:
         """Remove everything a layer owns on disk except its record (driver data, tar-split, big data)."""
-        if self.driver.exists(layer.id):
-            self.driver.remove(layer.id)
+        # Always: a create killed half-way may have left data exists() does not see (vfs's
+        # <id>.creating staging copy); the contract makes removing an unknown layer harmless.
+        self.driver.remove(layer.id)
         for path in (os.path.join(self.layer_store.directory, f"{layer.id}.tar-split.gz"),):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -496,13 +506,16 @@ class Store:
                 collect(mapped)
             collect(image.top_layer)
             if commit:
-                self.image_store.discard(image)
-                self.image_store.save()
-                _remove_dir(self.image_store.big_data_dir(image.id))
-                for layer_id in to_remove:
-                    layer = self.layer_store.by_id.get(layer_id)
-                    if layer is not None:
-                        self._delete_layer_locked(layer)
+                from .check import intent
+
+                with intent(self, "delete-image", id=image.id, layers=to_remove):
+                    self.image_store.discard(image)
+                    self.image_store.save()
+                    _remove_dir(self.image_store.big_data_dir(image.id))
+                    for layer_id in to_remove:
+                        layer = self.layer_store.by_id.get(layer_id)
+                        if layer is not None:
+                            self._delete_layer_locked(layer)
         if commit:
             self._events.store_image_removed(store_root=self.graph_root, image_id=image.id)
         return to_remove
@@ -530,24 +543,32 @@ class Store:
                     id = new_id()
             names = dedupe(list(names))
             store.check_new(id, names)
-            layer = self._create_layer_locked(
-                None, img.top_layer if img and img.top_layer else None, (), mount_label, True, id_mappings,
-                container_layer=True, storage_opt=storage_opt,
-            )
-            flags: dict[str, Any] = {"MountLabel": mount_label, "ProcessLabel": ""}
-            if volatile:
-                flags["Volatile"] = True
-            maps = id_mappings or IDMappings()
-            ctr = Container(id=id, names=names, image=img.id if img else "", layer=layer.id, metadata=metadata,
-                            created=go_time_now(), uidmap=maps.uid_map, gidmap=maps.gid_map, flags=flags,
-                            location=VOLATILE if self.transient_store else STABLE)
-            try:
-                store.add(ctr)
-                store.save()
-            except BaseException:
-                store.discard(ctr)
-                self._delete_layer_locked(layer)
-                raise
+            layer_id = new_id()
+            while layer_id in self.layer_store.by_id:
+                layer_id = new_id()
+            from .check import intent
+
+            # layer and container record are two writes: an intent lets the next open drop the layer
+            # if the process dies before the container is recorded
+            with intent(self, "create-container", id=id, layer=layer_id):
+                layer = self._create_layer_locked(
+                    layer_id, img.top_layer if img and img.top_layer else None, (), mount_label, True,
+                    id_mappings, container_layer=True, storage_opt=storage_opt,
+                )
+                flags: dict[str, Any] = {"MountLabel": mount_label, "ProcessLabel": ""}
+                if volatile:
+                    flags["Volatile"] = True
+                maps = id_mappings or IDMappings()
+                ctr = Container(id=id, names=names, image=img.id if img else "", layer=layer.id, metadata=metadata,
+                                created=go_time_now(), uidmap=maps.uid_map, gidmap=maps.gid_map, flags=flags,
+                                location=VOLATILE if self.transient_store else STABLE)
+                try:
+                    store.add(ctr)
+                    store.save()
+                except BaseException:
+                    store.discard(ctr)
+                    self._delete_layer_locked(layer)
+                    raise
         self._events.store_container_created(store_root=self.graph_root, container_id=id,
                                              image_id=ctr.image, layer_id=layer.id)
         return ctr
@@ -587,13 +608,17 @@ class Store:
         return path
 
     def _delete_container_locked(self, ctr: Container) -> None:
-        layer = self.layer_store.by_id.get(ctr.layer)
-        if layer is not None:
-            self._delete_layer_locked(layer)
-        self.container_store.discard(ctr)
-        self.container_store.save()
-        for path in self._container_dirs(ctr.id):
-            _remove_dir(path)
+        from .check import intent
+
+        # layer, record and directories: an intent lets the next open finish an interrupted delete
+        with intent(self, "delete-container", id=ctr.id, layer=ctr.layer):
+            layer = self.layer_store.by_id.get(ctr.layer)
+            if layer is not None:
+                self._delete_layer_locked(layer)
+            self.container_store.discard(ctr)
+            self.container_store.save()
+            for path in self._container_dirs(ctr.id):
+                _remove_dir(path)
         self._events.store_container_removed(store_root=self.graph_root, container_id=ctr.id)
 
     def delete_container(self, key: str) -> None:
@@ -731,24 +756,29 @@ class Store:
         (default sha256 of the bytes) and becomes the image digest if it has none."""
         if not name:
             raise InvalidBigDataName("can't set empty name for image big data item")
+        from .check import intent
+
         with self._kind_access(kind, "w"):
             store, record = self._big_data_target(kind, key, write=True)
-            store.write_big_data_file(record, name, data)
-            if kind != "layer":
-                if kind == "image" and name.startswith("manifest"):
-                    new_digest = (digest_manifest or sha256_digest)(data)
-                else:
-                    new_digest = sha256_digest(data)
-                record.big_data_sizes = {**record.big_data_sizes, name: len(data)}
-                record.big_data_digests = {**record.big_data_digests, name: new_digest}
+            plain_digest = sha256_digest(data)
+            new_digest = plain_digest
+            if kind == "image" and name.startswith("manifest"):
+                new_digest = (digest_manifest or sha256_digest)(data)
+            # file and record are two writes: an intent lets the next open reconcile them after a crash
+            with intent(self, "set-big-data", kind=kind, id=record.id, key=name, size=len(data),
+                        sha256=plain_digest, digest=new_digest):
+                store.write_big_data_file(record, name, data)
+                if kind != "layer":
+                    record.big_data_sizes = {**record.big_data_sizes, name: len(data)}
+                    record.big_data_digests = {**record.big_data_digests, name: new_digest}
+                    if kind == "image":
+                        if name.startswith("manifest") and not record.digest:
+                            record.digest = new_digest
+                if name not in record.big_data_names:
+                    record.big_data_names = [*record.big_data_names, name]
                 if kind == "image":
-                    if name.startswith("manifest") and not record.digest:
-                        record.digest = new_digest
-            if name not in record.big_data_names:
-                record.big_data_names = [*record.big_data_names, name]
-            if kind == "image":
-                record.recompute_digests()
-            store.save()
+                    record.recompute_digests()
+                store.save()
 
     # ---------------------------------------------------------------- mounts
 
@@ -931,6 +961,26 @@ class Store:
             self.driver.cleanup()
             self.graph_lock.touch()
             return [l.id for l in mounted]
+
+    # ---------------------------------------------------------------- check, repair, gc (lamina.check)
+
+    def check(self, options: Any = None) -> Any:
+        """A :class:`lamina.check.CheckReport` of what is damaged or left over (``options``: CheckOptions)."""
+        from .check import check
+
+        return check(self, options)
+
+    def repair(self, report: Any, remove_containers: bool = False) -> list[Any]:
+        """Remove what *report* found damaged (containers only if asked); returns RepairActions."""
+        from .check import repair
+
+        return repair(self, report, remove_containers)
+
+    def garbage_collect(self, max_age: float = 0.0) -> list[Any]:
+        """Remove data cancelled creates left without a record; returns RepairActions."""
+        from .check import garbage_collect
+
+        return garbage_collect(self, max_age)
 
     def close(self) -> None:
         """Release driver resources held by this process (not the on-disk state)."""
