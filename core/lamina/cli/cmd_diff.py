@@ -71,6 +71,9 @@ def diff(ctx: Any) -> int:
             stream = ctx.store.diff(frm, to, compression)
         except Exception as exc:
             return fail(exc)
+        from .progress import progress_for
+
+        progress = progress_for("diff")
         try:
             with stream:
                 while True:
@@ -81,6 +84,10 @@ def diff(ctx: Any) -> int:
                         output.write(chunk)
                     else:
                         out_bytes(chunk)
+                    if progress is not None:
+                        progress.advance(len(chunk))
+            if progress is not None:
+                progress.finish()
         except OSError as exc:
             return fail(exc, "write")
     finally:
@@ -95,11 +102,16 @@ def applydiff(ctx: Any) -> int:
         stream = open_input(path)
     except OSError as exc:
         return fail(exc, "open")
+    from .progress import reading_with_progress
+
+    counted = reading_with_progress(stream, "applydiff")
     try:
-        ctx.store.apply_diff(ctx.args[0], stream)
+        ctx.store.apply_diff(ctx.args[0], counted)
     except Exception as exc:
         return fail(exc)
     finally:
+        if counted is not stream:
+            counted.close()
         if path:
             stream.close()
     return 0

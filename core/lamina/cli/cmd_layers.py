@@ -78,12 +78,18 @@ def import_layer(ctx: Any) -> int:
         except MappingError as exc:
             err(f"{exc}\n")
             return 1
+        from .progress import reading_with_progress
+
+        counted = reading_with_progress(stream, "import-layer")
         try:
             layer = ctx.store.create_layer(
                 id=f["id"] or None, parent=parent or None, names=list(f["name"]), mount_label=f["label"],
-                writeable=not f["readonly"], id_mappings=maps, diff=stream)
+                writeable=not f["readonly"], id_mappings=maps, diff=counted)
         except Exception as exc:
             return _create_failed(ctx, exc)
+        finally:
+            if counted is not stream:
+                counted.close()
     finally:
         if f["file"]:
             stream.close()
