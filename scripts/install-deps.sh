@@ -26,4 +26,8 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -r requirements-dev.txt
+# "compat" editable installs are plain path entries: no import hook to load at every start-up.
+.venv/bin/python -m pip install -q --config-settings editable_mode=compat -r requirements-dev.txt
+# Byte-compile now: imports then read cached bytecode even where PYTHONDONTWRITEBYTECODE is set
+# (it matters for the CLI's start-up time).
+.venv/bin/python -m compileall -q core plugins >/dev/null

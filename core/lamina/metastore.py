@@ -46,7 +46,22 @@ def big_data_file_name(key: str) -> str:
         raise InvalidBigDataName()
     if _SIMPLE_KEY.match(key) and key not in (".", ".."):
         return key
-    return "=" + base64.b64encode(key.encode("utf-8")).decode("ascii")
+    try:
+        raw = key.encode("utf-8", "surrogateescape")  # undecodable bytes (from argv) map back to themselves
+    except UnicodeEncodeError:
+        # other lone surrogates (a JSON \ud800 escape): Go's decoder reads them as U+FFFD
+        raw = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in key).encode("utf-8")
+    name = "=" + base64.b64encode(raw).decode("ascii")
+    if "/" in name:
+        # containers/storage names the file the same way and then fails to write it
+        raise InvalidBigDataName(f"big data key {key!r} cannot be stored: its file name {name!r} contains '/'")
+    return name
+
+
+def valid_id(id: str) -> bool:
+    """Whether *id* can name files under the store: IDs become directory and file names
+    (big data, tar-split, container dirs), so "", ".", "..", "/" and NUL are refused."""
+    return bool(id) and id not in (".", "..") and "/" not in id and "\0" not in id
 
 
 def new_id() -> str:
@@ -253,7 +268,10 @@ class RecordStore(Generic[R]):
 
     def reload_if_changed(self, *, locked_for_write: bool, force: bool = False) -> None:
         with self._load_mutex:
-            if force or not self._loaded or self.changed_on_disk():
+            # Always ask: modified() also remembers the current last-writer token, so the load
+            # below is not repeated by the next access.
+            changed = self.changed_on_disk()
+            if force or not self._loaded or changed:
                 self.load(locked_for_write=locked_for_write)
 
     def load(self, *, locked_for_write: bool) -> None:
@@ -267,6 +285,8 @@ class RecordStore(Generic[R]):
                     record.remember_loaded(raw)
                 except (RecordError, KeyError, TypeError, ValueError, AttributeError) as exc:
                     raise StoreCorrupt(f"{src.path}: bad {self.kind} record: {exc}") from exc
+                if not valid_id(record.id):
+                    raise StoreCorrupt(f"{src.path}: bad {self.kind} record: ID {record.id!r} is not a valid file name")
                 record.location = src.location
                 if self.read_only and hasattr(record, "read_only"):
                     record.read_only = True
@@ -368,7 +388,10 @@ class RecordStore(Generic[R]):
     # ---------------------------------------------------------------- shared mutations
 
     def check_new(self, id: str, names: list[str]) -> None:
-        """Raise DuplicateID / DuplicateName if *id* or any of *names* is taken."""
+        """Raise DuplicateID / DuplicateName if *id* or any of *names* is taken (ValueError if *id* is not valid)."""
+        if not valid_id(id):
+            raise ValueError(f"invalid {self.kind} ID {id!r}: IDs name files, so they may not be empty, '.', '..' "
+                             "or contain '/' or NUL")
         if id in self.by_id:
             raise DuplicateID(id)
         for name in names:
@@ -526,6 +549,8 @@ class LayerRecords(RecordStore[Layer]):
             entries = json.loads(data) if data.strip() else []
         except ValueError as exc:
             raise StoreCorrupt(f"{self.mounts_path}: not valid JSON: {exc}") from exc
+        if entries is not None and not isinstance(entries, list):
+            raise StoreCorrupt(f"{self.mounts_path}: expected a JSON array of objects")
         for entry in entries or []:
             if not isinstance(entry, dict):
                 raise StoreCorrupt(f"{self.mounts_path}: expected a JSON array of objects")

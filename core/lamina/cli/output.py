@@ -41,67 +41,18 @@ def err(text: str) -> None:
 # ---------------------------------------------------------------- JSON
 
 
-def _json_string(value: str) -> str:
-    # encoding/json with HTML escaping on (json.NewEncoder's default).
-    parts = ['"']
-    for ch in value:
-        o = ord(ch)
-        if ch == '"':
-            parts.append('\\"')
-        elif ch == "\\":
-            parts.append("\\\\")
-        elif ch == "\n":
-            parts.append("\\n")
-        elif ch == "\r":
-            parts.append("\\r")
-        elif ch == "\t":
-            parts.append("\\t")
-        elif o < 0x20 or ch in "<>&" or o in (0x2028, 0x2029):
-            parts.append(f"\\u{o:04x}")
-        elif 0xD800 <= o <= 0xDFFF:  # invalid UTF-8 (surrogate-escaped bytes)
-            parts.append("\ufffd")
-        else:
-            parts.append(ch)
-    parts.append('"')
-    return "".join(parts)
-
-
-def _encode(value: Any, parts: list[str]) -> None:
-    if value is None:
-        parts.append("null")
-    elif value is True:
-        parts.append("true")
-    elif value is False:
-        parts.append("false")
-    elif isinstance(value, str):
-        parts.append(_json_string(value))
-    elif isinstance(value, int):
-        parts.append(str(value))
-    elif isinstance(value, float):
-        parts.append(repr(value))
-    elif isinstance(value, dict):
-        parts.append("{")
-        first = True
-        for k, v in value.items():
-            if not first:
-                parts.append(",")
-            first = False
-            parts.append(_json_string(str(k)))
-            parts.append(":")
-            _encode(v, parts)
-        parts.append("}")
-    elif isinstance(value, (list, tuple)):
-        parts.append("[")
-        for i, item in enumerate(value):
-            if i:
-                parts.append(",")
-            _encode(item, parts)
-        parts.append("]")
-    else:
-        to_json = getattr(value, "to_json", None)
-        if to_json is None:
-            raise TypeError(f"cannot encode {type(value).__name__} as JSON")
-        _encode(to_json(), parts)
+def _plain(value: Any) -> Any:
+    """*value* with records (anything with ``to_json``) replaced by their JSON objects."""
+    if isinstance(value, (str, int, float)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    to_json = getattr(value, "to_json", None)
+    if to_json is None:
+        raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+    return to_json()
 
 
 def go_json(value: Any) -> str:
@@ -109,10 +60,9 @@ def go_json(value: Any) -> str:
 
     Dicts are written in their own order: pass Go maps with sorted keys (:func:`go_map`).
     """
-    parts: list[str] = []
-    _encode(value, parts)
-    parts.append("\n")
-    return "".join(parts)
+    from lamina.atomicio import go_json_dumps
+
+    return go_json_dumps(_plain(value)) + "\n"
 
 
 def go_map(value: dict[str, Any]) -> dict[str, Any]:
