@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import errno
 import io
+import functools
+import grp
 import logging
 import os
+import pwd
 import shutil
 import stat
 import time
@@ -101,6 +104,8 @@ class TarHeader:
     devminor: int = 0
     xattrs: dict[str, bytes] = field(default_factory=dict)
     offset: int = 0
+    uname: str = ""
+    gname: str = ""
 
     def where(self) -> str:
         return f"tar entry {self.name!r} at offset {self.offset}"
@@ -163,6 +168,8 @@ def _ustar_block(
     linkname: bytes,
     devmajor: int,
     devminor: int,
+    uname: bytes = b"",
+    gname: bytes = b"",
 ) -> bytes:
     blk = bytearray(_BLOCK)
     blk[0 : len(name)] = name
@@ -176,6 +183,8 @@ def _ustar_block(
     blk[157 : 157 + len(linkname)] = linkname
     blk[257:263] = b"ustar\0"
     blk[263:265] = b"00"
+    blk[265 : 265 + len(uname)] = uname
+    blk[297 : 297 + len(gname)] = gname
     blk[329:337] = _octal(devmajor, 8) if _fits_octal(devmajor, 8) else _base256(devmajor, 8)
     blk[337:345] = _octal(devminor, 8) if _fits_octal(devminor, 8) else _base256(devminor, 8)
     blk[345 : 345 + len(prefix)] = prefix
@@ -215,6 +224,13 @@ def encode_header(h: TarHeader) -> bytes:
     if not _fits_octal(mtime, 12):
         pax.append((b"mtime", str(mtime).encode()))
         mtime = 0
+    owner_names = []
+    for key, value in ((b"uname", h.uname), (b"gname", h.gname)):
+        raw = os.fsencode(value)
+        if len(raw) > 31 or not raw.isascii():
+            pax.append((key, raw))
+            raw = b""
+        owner_names.append(raw)
     for key in sorted(h.xattrs):
         if "=" in key or "\0" in key:
             _LOG.warning("not archiving xattr %r of %s: name cannot be stored in PAX", key, h.name)
@@ -229,9 +245,32 @@ def encode_header(h: TarHeader) -> bytes:
         out += _ustar_block(pax_name, b"", 0o644, 0, 0, len(data), 0, _PAX, b"", 0, 0)
         out += data + bytes(_pad_len(len(data)))
     out += _ustar_block(
-        short, prefix, h.mode, uid, gid, size, mtime, h.typeflag, link_field, h.devmajor, h.devminor
+        short, prefix, h.mode, uid, gid, size, mtime, h.typeflag, link_field, h.devmajor, h.devminor,
+        owner_names[0], owner_names[1],
     )
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@functools.lru_cache(maxsize=256)
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def host_owner_names(uid: int, gid: int) -> tuple[str, str]:
+    """The host's user and group names for a file's owner, as containers/storage 1.43 writes them
+    into generated diffs (empty where the host has no such user or group)."""
+    return _user_name(uid), _group_name(gid)
 
 
 def _cstring(field_: bytes) -> bytes:
@@ -931,6 +970,7 @@ class TreeExporter:
                 gid=st.st_gid,
                 mtime_ns=(st.st_mtime_ns // 1_000_000_000) * 1_000_000_000,
             )
+            h.uname, h.gname = host_owner_names(st.st_uid, st.st_gid)
             if typeflag == _SYM:
                 h.linkname = os.readlink(leaf, dir_fd=dir_fd)
             elif typeflag in (_CHR, _BLK):

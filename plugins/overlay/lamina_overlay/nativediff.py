@@ -164,8 +164,10 @@ def _diff_chunks(upper: str, lowers: list[str], mappings: IDMappings) -> Iterato
                 if not mappings.empty:
                     uid, gid = mappings.to_container(uid, gid)
                 name = (parent_rel + "/" if parent_rel else "") + WHITEOUT_PREFIX + leaf
+                uname, gname = archive.host_owner_names(st.st_uid, st.st_gid)
                 yield archive.encode_header(archive.TarHeader(
-                    name=name, typeflag=b"0", mode=0o600, uid=uid, gid=gid,
+                    uname=uname, gname=gname,
+                    name=name, typeflag=b"0", mode=stat.S_IMODE(st.st_mode), uid=uid, gid=gid,
                     mtime_ns=st.st_mtime_ns // 10**9 * 10**9))
                 continue
             pfd = os.open(parent_rel or ".", _DIR_FLAGS, dir_fd=root_fd)
