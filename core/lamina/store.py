@@ -327,7 +327,11 @@ class Store:
                       else IMAGE_STORE if not writeable and self.image_store_dir else STABLE),
         )
         records.add(layer)
-        records.save()
+        try:
+            records.save()
+        except BaseException:
+            records.discard(layer)  # not on disk: forget it here too (e.g. the disk is full)
+            raise
         try:
             opts = CreateOpts(mount_label=mount_label, storage_opt=dict(storage_opt or {}), id_mappings=maps)
             self.driver.create(id, layer.parent or None, opts, read_write=writeable)
@@ -341,7 +345,18 @@ class Store:
             layer.flags = {k: v for k, v in layer.flags.items() if k != "incomplete"}
             records.save()
         except BaseException:
-            self._delete_layer_locked(layer)
+            # On disk the record is still flagged incomplete (the last save either cleared the flag
+            # or failed). Remove the data without saving first: on a full disk that save would fail
+            # and keep the data that fills it. A cleanup failure must not hide the original error.
+            layer.flags = {**layer.flags, "incomplete": True}
+            try:
+                self._delete_layer_locked(layer, marked=True)
+            except Exception as cleanup:
+                import logging
+
+                logging.getLogger("lamina.store").warning(
+                    "cleaning up layer %s after a failed create failed too (%s); the next write-locked "
+                    "load removes it", id, cleanup)
             raise
         if diff is not None:
             self._events.store_diff_applied(store_root=self.graph_root, layer_id=id,
@@ -374,13 +389,27 @@ class Store:
         """Create a layer and fill it from *diff* (containers/storage's PutLayer)."""
         return self.create_layer(id, parent, names, mount_label, writeable, None, diff)
 
-    def _delete_layer_locked(self, layer: Layer) -> None:
-        """Delete a layer record and its data; interrupted, the next writer finishes it."""
+    def _delete_layer_locked(self, layer: Layer, marked: bool = False) -> None:
+        """Delete a layer record and its data; interrupted, the next writer finishes it.
+
+        *marked*: the record is already saved flagged incomplete (a create being undone).
+        """
         records = self.layer_store
         while layer.mount_count > 0:
             self._unmount_locked(layer, force=True)
-        layer.flags = {**layer.flags, "incomplete": True}
-        records.save()
+        if not marked:
+            layer.flags = {**layer.flags, "incomplete": True}
+            try:
+                records.save()
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                # A full disk: the flag cannot be saved first, and removing the data is what frees
+                # space for the final save. (Killed in between, check reports the layer as damaged.)
+                import logging
+
+                logging.getLogger("lamina.store").warning(
+                    "deleting layer %s on a full disk: removing its data before recording the deletion", layer.id)
         self._remove_layer_data(layer)
         records.discard(layer)
         records.save()
@@ -760,6 +789,7 @@ class Store:
 
         with self._kind_access(kind, "w"):
             store, record = self._big_data_target(kind, key, write=True)
+            store.big_data_path(record.id, name)  # an invalid key fails here, before anything is written
             plain_digest = sha256_digest(data)
             new_digest = plain_digest
             if kind == "image" and name.startswith("manifest"):

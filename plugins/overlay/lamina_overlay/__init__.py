@@ -416,8 +416,10 @@ class Driver:
                 perms = stat.S_IMODE(os.stat(os.path.join(parent_dir, "diff")).st_mode)
             self._mkdir_as(os.path.join(dir, "diff"), perms, root_uid, root_gid)
             link = _new_link_id()
-            os.symlink(os.path.join("..", id, "diff"), os.path.join(self.home, _LINK_DIR, link))
+            # link file first: removing the layer finds the short link through it, so a crash
+            # between the two leaves no dangling l/ entry behind
             _write_file(os.path.join(dir, "link"), link, 0o644)
+            os.symlink(os.path.join("..", id, "diff"), os.path.join(self.home, _LINK_DIR, link))
             self._mkdir_as(os.path.join(dir, "work"), 0o700, root_uid, root_gid)
             self._mkdir_as(os.path.join(dir, "merged"), 0o700, root_uid, root_gid)
             if parent_dir is None:
