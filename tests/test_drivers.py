@@ -15,7 +15,6 @@ from lamina import drivers
 from lamina.errors import (
     DriverConflict,
     DriverInterfaceError,
-    DriverLoadError,
     DriverNotFound,
     DriverNotSupported,
     PluginError,

@@ -36,14 +36,13 @@ import json
 import logging
 import os
 import re
-import shutil
-import stat
 import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterator
 
 from . import crc64
 from .errors import ArchiveError, LaminaError, NotKnown
+from .fsutil import remove_tree
 from .metastore import big_data_file_name
 from .types import MountOpts
 
@@ -837,28 +836,12 @@ def find_stale_mounts(store: "Store") -> list[StaleMount]:
 # ---------------------------------------------------------------- repair
 
 
-def _remove_path(path: str) -> None:
-    """Remove a file, link or tree (read-only directories included); missing is fine."""
-    if not os.path.lexists(path):
-        return
-    if os.path.isdir(path) and not os.path.islink(path):
-        for dirpath, dirnames, _ in os.walk(path):
-            for name in dirnames:
-                full = os.path.join(dirpath, name)
-                if not os.path.islink(full):
-                    os.chmod(full, stat.S_IRWXU)
-        os.chmod(path, stat.S_IRWXU)
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
-
 def _remove_orphan(store: "Store", orphan: Orphan) -> RepairAction:
     """Remove one orphan: driver data through the driver (it knows subvolumes and short links)."""
     try:
         if orphan.kind == "driver-layer" and orphan.owner:
             store.driver.remove(orphan.owner)
-        _remove_path(orphan.path)
+        remove_tree(orphan.path)
     except (OSError, LaminaError) as exc:
         return RepairAction("remove-orphan", orphan.path, False, str(exc))
     return RepairAction("remove-orphan", orphan.path, True)
@@ -1025,11 +1008,6 @@ def _layer_in_use(store: "Store", layer_id: str) -> bool:
     return any(c.layer == layer_id for c in store.container_store.records)
 
 
-def _remove_tree_if_present(path: str) -> None:
-    if os.path.lexists(path):
-        _remove_path(path)
-
-
 def _recover_one(store: "Store", it: dict[str, Any]) -> None:
     """Complete or undo one interrupted operation (all stores write-locked and loaded)."""
     op = it["op"]
@@ -1071,7 +1049,7 @@ def _recover_one(store: "Store", it: dict[str, Any]) -> None:
         id = str(it["id"])
         if id in images.by_id:
             return  # the image record was never removed: nothing happened
-        _remove_tree_if_present(images.big_data_dir(id))
+        remove_tree(images.big_data_dir(id))
         for layer_id in it.get("layers", []):
             layer = layers.by_id.get(layer_id)
             if layer is None:
@@ -1091,7 +1069,7 @@ def _recover_one(store: "Store", it: dict[str, Any]) -> None:
         if layer is not None and not _layer_in_use(store, layer_id):
             store._delete_layer_locked(layer)
         for path in store._container_dirs(id):
-            _remove_tree_if_present(path)
+            remove_tree(path)
     else:
         raise ValueError(f"unknown intent {op!r}")
 

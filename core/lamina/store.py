@@ -11,26 +11,23 @@ import contextlib
 import errno
 import hashlib
 import os
-import shutil
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
 from . import drivers
 from .errors import (
     ContainerUnknown,
     DuplicateID,
-    DuplicateName,
     ImageUnknown,
     ImageUsedByContainer,
     InvalidBigDataName,
     LayerHasChildren,
     LayerMounted,
-    LayerNotMounted,
     LayerUnknown,
     LayerUsedByContainer,
     LayerUsedByImage,
     StoreIsReadOnly,
 )
+from .fsutil import remove_tree
 from .graphdriver import DriverProxy, build_driver
 from .lockfile import LockFile
 from .metastore import (
@@ -56,13 +53,6 @@ DigestFunc = Callable[[bytes], str]
 
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _remove_dir(path: str) -> None:
-    try:
-        shutil.rmtree(path)
-    except FileNotFoundError:
-        pass
 
 
 class Store:
@@ -289,7 +279,7 @@ class Store:
         for path in (os.path.join(self.layer_store.directory, f"{layer.id}.tar-split.gz"),):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        _remove_dir(self.layer_store.big_data_dir(layer.id))
+        remove_tree(self.layer_store.big_data_dir(layer.id))
 
     def _create_layer_locked(
         self,
@@ -540,7 +530,7 @@ class Store:
                 with intent(self, "delete-image", id=image.id, layers=to_remove):
                     self.image_store.discard(image)
                     self.image_store.save()
-                    _remove_dir(self.image_store.big_data_dir(image.id))
+                    remove_tree(self.image_store.big_data_dir(image.id))
                     for layer_id in to_remove:
                         layer = self.layer_store.by_id.get(layer_id)
                         if layer is not None:
@@ -647,7 +637,7 @@ class Store:
             self.container_store.discard(ctr)
             self.container_store.save()
             for path in self._container_dirs(ctr.id):
-                _remove_dir(path)
+                remove_tree(path)
         self._events.store_container_removed(store_root=self.graph_root, container_id=ctr.id)
 
     def delete_container(self, key: str) -> None:
@@ -668,7 +658,7 @@ class Store:
             if image is not None:
                 self.image_store.discard(image)
                 self.image_store.save()
-                _remove_dir(self.image_store.big_data_dir(image.id))
+                remove_tree(self.image_store.big_data_dir(image.id))
                 return
             layer = self.layer_store.lookup(key)
             if layer is not None:
@@ -963,11 +953,11 @@ class Store:
             for ctr in list(self.container_store.records):
                 self.container_store.discard(ctr)
                 for path in self._container_dirs(ctr.id):
-                    _remove_dir(path)
+                    remove_tree(path)
             self.container_store.save()
             for image in list(self.image_store.records):
                 self.image_store.discard(image)
-                _remove_dir(self.image_store.big_data_dir(image.id))
+                remove_tree(self.image_store.big_data_dir(image.id))
             self.image_store.save()
             remaining = list(self.layer_store.records)
             while remaining:

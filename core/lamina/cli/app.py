@@ -15,8 +15,8 @@ import os
 import sys
 from typing import Any
 
-from .flags import CONTINUE_ON_ERROR, EXIT_ON_ERROR, FlagError, FlagSet, HelpRequested, go_list
-from .output import err, out
+from .flags import CONTINUE_ON_ERROR, EXIT_ON_ERROR, FlagError, FlagSet, go_list
+from .output import out
 from .table import COMMANDS, Command, find
 
 

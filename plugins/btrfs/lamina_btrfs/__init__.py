@@ -14,10 +14,10 @@ import errno
 import logging
 import os
 import re
-import shutil
 from typing import Iterator
 
 from lamina.errors import DriverNotSupported, DuplicateID, InvalidOption, LayerUnknown
+from lamina.fsutil import remove_tree
 from lamina.hookspecs import hookimpl
 from lamina.types import CreateOpts, DriverConfig, MountOpts
 
@@ -73,17 +73,6 @@ def _open_dir(path: str) -> Iterator[int]:
         yield fd
     finally:
         os.close(fd)
-
-
-def _remove_plain_tree(path: str) -> None:
-    """Remove a tree with ordinary unlink/rmdir, making read-only directories writable first."""
-    for dirpath, dirnames, _ in os.walk(path):
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            if not os.path.islink(full):
-                os.chmod(full, 0o700)
-    os.chmod(path, 0o700)
-    shutil.rmtree(path)
 
 
 def _versions() -> tuple[str, str]:
@@ -322,14 +311,14 @@ class Driver:
         if os.path.islink(path) or not os.path.isdir(path):
             os.unlink(path)
         elif not ioctl.is_subvolume(path):
-            _remove_plain_tree(path)  # not made by a btrfs driver (a leftover copy): plain removal
+            remove_tree(path)  # not made by a btrfs driver (a leftover copy): plain removal
         else:
             try:
                 self._destroy(path)
             except PermissionError:
                 # Without CAP_SYS_ADMIN (or user_subvol_rm_allowed) only rmdir(2) of emptied subvolumes works.
                 _LOG.debug("btrfs: no permission to destroy subvolume %s; removing it file by file", path)
-                _remove_plain_tree(path)
+                remove_tree(path)
         return True
 
     @hookimpl

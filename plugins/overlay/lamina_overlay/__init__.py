@@ -41,6 +41,7 @@ import threading
 from typing import BinaryIO, Callable
 
 from lamina.errors import DriverNotSupported, DuplicateID, InvalidOption, LayerUnknown
+from lamina.fsutil import remove_tree
 from lamina.hookspecs import hookimpl
 from lamina.types import ApplyDiffOpts, Change, CreateOpts, DriverConfig, IDMappings, MountOpts
 
@@ -104,22 +105,6 @@ class _RefCounter:
     def forget(self, path: str) -> None:
         with self._lock:
             self._counts.pop(path, None)
-
-
-def _remove_tree(path: str) -> None:
-    """Remove *path* recursively (read-only directories included); missing is fine."""
-    if not os.path.lexists(path):
-        return
-    try:
-        shutil.rmtree(path)
-    except PermissionError:
-        for dirpath, dirnames, _ in os.walk(path):
-            for name in dirnames:
-                full = os.path.join(dirpath, name)
-                if not os.path.islink(full):
-                    os.chmod(full, 0o700)
-        os.chmod(path, 0o700)
-        shutil.rmtree(path)
 
 
 def _read_text(path: str) -> str | None:
@@ -471,7 +456,7 @@ class Driver:
         self._ctr.forget(merged)
         if self.quota is not None:
             self.quota.clear_quota(dir)  # type: ignore[attr-defined]
-        _remove_tree(dir)
+        remove_tree(dir)
 
     @hookimpl
     def driver_exists(self, id: str) -> bool:
@@ -617,7 +602,7 @@ class Driver:
                 opts_list.append("volatile")
             work_dir = os.path.join(dir, "work")
             # the kernel refuses to remount a volatile upper whose marker is still there
-            _remove_tree(os.path.join(work_dir, "work", "incompat", "volatile"))
+            remove_tree(os.path.join(work_dir, "work", "incompat", "volatile"))
             self._mount(id, dir, merged, read_write, abs_lowers, rel_lowers, opts_list, opts.mount_label, in_store)
         except BaseException:
             self._ctr.decrement(merged)
@@ -775,7 +760,7 @@ class Driver:
     @hookimpl
     def driver_cleanup(self) -> bool:
         with self._lock:
-            _remove_tree(os.path.join(self.home, "staging"))
+            remove_tree(os.path.join(self.home, "staging"))
             if not self.options.skip_mount_home and _sys.is_self_bind(self.home):
                 try:
                     _sys.umount(self.home, _sys.MNT_DETACH)
@@ -869,7 +854,7 @@ class Driver:
                 os.rename(diffs[i], os.path.join(dir, f"diff{i + 1}"))
             uid, gid = to_host.root_pair()
             # the work dir may still reference the old upper in its index: start it afresh
-            _remove_tree(os.path.join(dir, "work"))
+            remove_tree(os.path.join(dir, "work"))
             self._mkdir_as(os.path.join(dir, "work"), 0o700, uid, gid)
             self._mkdir_as(os.path.join(dir, "diff"), perms, uid, gid)
         return True

@@ -7,9 +7,9 @@ filesystem; diffs are left to the core's naive implementation.
 from __future__ import annotations
 
 import os
-import shutil
 
 from lamina.errors import DuplicateID, InvalidOption, LayerUnknown
+from lamina.fsutil import remove_tree
 from lamina.hookspecs import hookimpl
 from lamina.types import CreateOpts, DriverConfig, MountOpts
 
@@ -97,7 +97,7 @@ class Driver:
                 raise LayerUnknown(parent)
         staging = target + ".creating"
         if os.path.lexists(staging):
-            shutil.rmtree(staging)
+            remove_tree(staging)
         try:
             if parent_dir is None:
                 os.mkdir(staging, 0o700)
@@ -110,7 +110,7 @@ class Driver:
                 copy_tree(parent_dir, staging)
             os.rename(staging, target)
         except BaseException:
-            _remove_tree(staging)
+            remove_tree(staging)
             raise
         return True
 
@@ -118,8 +118,8 @@ class Driver:
     def driver_remove(self, id: str) -> bool:
         for path in (self._own_dir(id), self._image_store_dir(id)):
             if path is not None:
-                _remove_tree(path)
-                _remove_tree(path + ".creating")
+                remove_tree(path)
+                remove_tree(path + ".creating")
         return True
 
     @hookimpl
@@ -152,19 +152,3 @@ class Driver:
     @hookimpl
     def driver_additional_image_stores(self) -> list[str]:
         return list(self.image_stores)
-
-
-def _remove_tree(path: str) -> None:
-    """Remove *path* recursively, including read-only (0555) directories; missing is fine."""
-    if not os.path.lexists(path):
-        return
-    if os.path.isdir(path) and not os.path.islink(path):
-        for dirpath, dirnames, _ in os.walk(path):
-            for name in dirnames:
-                full = os.path.join(dirpath, name)
-                if not os.path.islink(full):
-                    os.chmod(full, 0o700)
-        os.chmod(path, 0o700)
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
