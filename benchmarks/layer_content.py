@@ -266,9 +266,10 @@ class Case:
 
 
 class Tools:
-    def __init__(self, ws: Workspace, cli: bool) -> None:
+    def __init__(self, ws: Workspace, cli: bool, inline_too: bool = False) -> None:
         self.ws = ws
         self.cli = cli
+        self.inline_too = inline_too
 
     def cs(self, kind: str) -> list[str]:
         base = [GO or "containers-storage"] if kind == "go" else [LAMINA_CLI]
@@ -333,6 +334,16 @@ class Tools:
 
         case.add("lamina apply", timed(apply))
         case.add("lamina diff", timed(diff))
+        if self.inline_too:  # the same apply without the decompressing producer thread
+            from lamina import layercontent
+
+            layer2 = store.create_layer(parent=parent).id
+            saved, layercontent.PREFETCH_THREAD = layercontent.PREFETCH_THREAD, False
+            try:
+                with open(case.tar, "rb") as f:
+                    case.add("inline apply", timed(lambda: store.apply_diff(layer2, f)))
+            finally:
+                layercontent.PREFETCH_THREAD = saved
         self.fresh("api")
 
 
@@ -382,6 +393,9 @@ def report(case: Case) -> None:
         print(f"  {op:5s}  cpu: {tar} {fmt(c(tar))}  go {fmt(c(go))}  lamina {fmt(c(mine))}  cli {fmt(c(cli))}"
               f"  | lamina/go {ratio(c(mine), c(go))}  lamina/tar {ratio(c(mine), c(tar))}"
               f"  cli/go {ratio(c(cli), c(go))}", flush=True)
+    if m("inline apply") is not None:
+        print(f"  apply (single-threaded, PREFETCH_THREAD=False): {fmt(m('inline apply'))}"
+              f"  | inline/go {ratio(m('inline apply'), m('go apply'))}", flush=True)
 
 
 def main() -> int:
@@ -391,6 +405,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--corpus", default="debian,python,big,child", help="comma list")
     parser.add_argument("--no-gzip", action="store_true", help="skip the gzip variants")
+    parser.add_argument("--only-gzip", action="store_true", help="skip the uncompressed variants")
+    parser.add_argument("--inline-too", action="store_true",
+                        help="also time the API apply with layercontent.PREFETCH_THREAD=False")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("this benchmark needs root (loop mounts, vfs layer ownership)", file=sys.stderr)
@@ -413,7 +430,8 @@ def main() -> int:
         sources.append(("child", corpus_child(python_tar), python_tar))
     cases: list[Case] = []
     for name, path, parent in sources:
-        cases.append(Case(name, path, parent, False))
+        if not args.only_gzip:
+            cases.append(Case(name, path, parent, False))
         if not args.no_gzip:
             cases.append(Case(name + " .gz", gzipped(path), parent, True))
     biggest = max(os.path.getsize(c.tar) for c in cases) + max(
@@ -421,7 +439,7 @@ def main() -> int:
     ws = Workspace(max(1024, (biggest * 4 >> 20) + 512))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unmount on kill too
     try:
-        tools = Tools(ws, cli_usable(ws))
+        tools = Tools(ws, cli_usable(ws), args.inline_too)
         print(f"workspace: {ws.kind}; runs: {args.runs}; lamina CLI: {'yes' if tools.cli else 'no'}; "
               f"Go: {'yes' if GO else 'no'}", flush=True)
         for case in cases:

@@ -52,8 +52,11 @@ _HEAD = 10240  # containers/storage sniffs the compression from up to this many 
 _TAR_SPLIT_FLUSH = 1 << 18
 _ZSTD_BLOCK = 1 << 17
 _PREFETCH = 4  # chunks decoded ahead of the extractor
-#: Decode the input in a producer thread (overlapping hashing/decompression with extraction).
-PREFETCH_THREAD = False
+_THREAD_CHUNK = 4 << 20  # bytes per decompressed chunk in the producer thread (fewer GIL handoffs)
+#: Decompress and hash the input in a producer thread, overlapping with tar-split and extraction
+#: in the caller's thread (zlib/isal/zstd/hashlib release the GIL). None: for compressed input only
+#: (uncompressed input has nothing worth moving off the extracting thread).
+PREFETCH_THREAD: bool | None = None
 
 
 def detect_compression(head: bytes) -> int:
@@ -173,7 +176,8 @@ def _decompressed(kind: int, raw: BinaryIO) -> BinaryIO:
 
 def _decompression_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [EOFError, zlib.error, lzma.LZMAError]
-    for module, name in (("zstandard", "ZstdError"), ("isal.isal_zlib", "error")):
+    for module, name in (("zstandard", "ZstdError"), ("isal.isal_zlib", "error"),
+                         ("isal.isal_zlib", "IsalError")):
         try:
             errors.append(getattr(importlib.import_module(module), name))
         except ImportError:
@@ -181,14 +185,26 @@ def _decompression_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+class _DecompressionFailure(Exception):
+    """A broken compressed stream, as seen by the producer (turned into ArchiveError by the reader)."""
+
+    def __init__(self, cause: BaseException, compressed_offset: int, offset: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.compressed_offset = compressed_offset
+        self.offset = offset
+
+
 class _LayerInput(io.RawIOBase):
     """The uncompressed tar handed to the driver; reading it hashes, counts and splits it.
 
-    A producer thread reads the caller's stream, decompresses, hashes and splits a chunk at a
-    time, up to :data:`_PREFETCH` chunks ahead of the reader, so that this work (most of it
-    outside the GIL) overlaps with the extraction. A chunk is handed out only after the splitter
-    accepted it; a corrupt archive raises :class:`~lamina.tarsplit.TarFormatError` (or
-    ArchiveError for broken compression) from ``read`` and is kept in :attr:`error`.
+    For compressed input a producer thread (see :data:`PREFETCH_THREAD`) reads the caller's
+    stream, decompresses and hashes a chunk at a time, up to :data:`_PREFETCH` chunks ahead of
+    the reader, so that this work (outside the GIL) overlaps with the extraction; the reader
+    tar-splits each chunk as it takes it (Python code: it would only contend for the GIL in the
+    producer). A chunk is handed out only after the splitter accepted it; a corrupt archive
+    raises :class:`~lamina.tarsplit.TarFormatError` (or ArchiveError for broken compression)
+    from ``read`` and is kept in :attr:`error`. :meth:`close` stops and joins the producer.
     """
 
     def __init__(self, tap: _RawTap, kind: int, splitter: TarSplitter) -> None:
@@ -208,6 +224,7 @@ class _LayerInput(io.RawIOBase):
         self._queue: "queue.Queue[bytes | BaseException | None]" = queue.Queue(maxsize=_PREFETCH)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._read_size = _CHUNK
 
     @property
     def digest(self) -> str:
@@ -221,30 +238,36 @@ class _LayerInput(io.RawIOBase):
 
     def _read_source(self) -> bytes:
         try:
-            return self.source.read(_CHUNK)
+            return self.source.read(self._read_size)
         except self._decompression_errors as exc:
-            raise self._decompression_failed(exc) from exc
+            raise _DecompressionFailure(exc, self.tap.size, self.size) from exc
         except OSError as exc:
             # gzip/bz2 readers report a bad stream as a plain OSError (no errno)
             if self.kind == UNCOMPRESSED or exc.errno is not None:
                 raise
-            raise self._decompression_failed(exc) from exc
+            raise _DecompressionFailure(exc, self.tap.size, self.size) from exc
 
     def _next_chunk(self) -> bytes | None:
-        """Read, decompress, hash and split the next chunk; None at EOF."""
+        """Read, decompress and hash the next chunk; None at EOF (the producer's half of the work:
+        it runs mostly outside the GIL, so that in a thread it overlaps with the extraction)."""
         data = self._read_source()
         if not data:
-            # Go's xz reader, and its zstd reader for tails within one block, return the
-            # last bytes with EOF: tar-split then writes no final empty segment.
-            self.splitter.close(eof_with_data=self.kind == XZ or (
-                self.kind == ZSTD and self.splitter.trailer_size < _ZSTD_BLOCK))
             self.tap.drain()  # what follows the compressed stream counts too
             return None
         if self._hash is not None:
             self._hash.update(data)
         self.size += len(data)
-        self.splitter.feed(data)
         return data
+
+    def _split(self, data: bytes | None) -> None:
+        """The reader's half: tar-split the chunk (None: the end of the input)."""
+        if data is None:
+            # Go's xz reader, and its zstd reader for tails within one block, return the
+            # last bytes with EOF: tar-split then writes no final empty segment.
+            self.splitter.close(eof_with_data=self.kind == XZ or (
+                self.kind == ZSTD and self.splitter.trailer_size < _ZSTD_BLOCK))
+        else:
+            self.splitter.feed(data)
 
     def _produce(self) -> None:
         try:
@@ -264,12 +287,18 @@ class _LayerInput(io.RawIOBase):
             except queue.Full:
                 continue
 
-    def _decompression_failed(self, exc: BaseException) -> ArchiveError:
+    def _decompression_failed(self, failure: "_DecompressionFailure") -> ArchiveError:
         last = self.splitter.last_entry
+        exc = failure.cause
         return ArchiveError(
             f"decompressing the layer ({COMPRESSION_NAMES[self.kind]}) failed at compressed offset "
-            f"{self.tap.size}, uncompressed offset {self.size}"
+            f"{failure.compressed_offset}, uncompressed offset {failure.offset}"
             + (f" (after entry {last!r})" if last else "") + f": {exc or type(exc).__name__}")
+
+    def _use_thread(self) -> bool:
+        if PREFETCH_THREAD is None:
+            return self.kind != UNCOMPRESSED
+        return bool(PREFETCH_THREAD)
 
     # -- the reader side
 
@@ -281,24 +310,31 @@ class _LayerInput(io.RawIOBase):
             return False
         if self.closed:
             raise ValueError("read from a closed stream")
-        if not PREFETCH_THREAD:
-            try:
+        try:
+            if not self._use_thread():
                 item: bytes | BaseException | None = self._next_chunk()
-            except BaseException as exc:
-                item = exc
-        else:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._produce, name="lamina-layer-input", daemon=True)
-                self._thread.start()
-            item = self._queue.get()
+            else:
+                if self._thread is None:
+                    self._read_size = _THREAD_CHUNK
+                    self._thread = threading.Thread(target=self._produce, name="lamina-layer-input",
+                                                    daemon=True)
+                    self._thread.start()
+                item = self._queue.get()
+                if item is None:
+                    self._thread.join()
+            if isinstance(item, BaseException):
+                raise item
+            self._split(item)
+        except _DecompressionFailure as failure:
+            # built here, after the splitter saw every chunk before the failure (names the entry)
+            self.error = self._decompression_failed(failure)
+            raise self.error from failure.cause
+        except BaseException as exc:
+            self.error = exc
+            raise
         if item is None:
             self._eof = True
-            if self._thread is not None:
-                self._thread.join()
             return False
-        if isinstance(item, BaseException):
-            self.error = item
-            raise item
         self._buf, self._pos = item, 0
         return True
 
