@@ -1003,8 +1003,9 @@ class Store:
         return garbage_collect(self, max_age)
 
     def close(self) -> None:
-        """Release driver resources held by this process (not the on-disk state)."""
-        return None
+        """End use of this object. Every method takes and drops its own locks, so nothing is held
+        between calls; driver state on the host (mounts) stays until :meth:`shutdown`, as in
+        containers/storage, where other processes may still be using it."""
 
     def __enter__(self) -> "Store":
         return self
