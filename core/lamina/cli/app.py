@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from .flags import CONTINUE_ON_ERROR, EXIT_ON_ERROR, FlagError, FlagSet, go_list
-from .output import out
+from .output import err, out
 from .table import COMMANDS, Command, find
 
 
@@ -238,7 +238,6 @@ def run(prog: str, argv: list[str]) -> int:
             import traceback
 
             traceback.print_exc()
-        from .output import err
 
         err(f"{prog} {cmd}: unexpected error: {type(exc).__name__}: {exc}"
             + ("" if o.debug else " (run with --debug for a traceback)") + "\n")
@@ -247,8 +246,8 @@ def run(prog: str, argv: list[str]) -> int:
         if ctx.store is not None:
             try:
                 ctx.store.close()
-            except Exception:
-                pass
+            except Exception as exc:  # never mask the command's own result
+                err(f"closing the store: {exc}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

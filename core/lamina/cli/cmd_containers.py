@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lamina.errors import NotKnown
+
 from .common import MappingError, dir_size, fail, id_mappings_from_flags
 from .output import err, go_error, go_json, out
 
@@ -98,7 +100,7 @@ def container(ctx: Any) -> int:
     for arg in ctx.args:
         try:
             matched.append(store.container(arg))
-        except Exception:
+        except NotKnown:  # like Go: unknown names are skipped, the exit code says so
             continue
     if ctx.json:
         out(go_json(matched))

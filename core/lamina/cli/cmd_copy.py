@@ -7,6 +7,8 @@ import os
 import posixpath
 from typing import Any, BinaryIO
 
+from lamina.errors import LaminaError
+
 from .flags import go_quote
 from .output import err, go_error
 
@@ -179,5 +181,5 @@ def copy(ctx: Any) -> int:
         for layer_id in reversed(mounted):
             try:
                 store.unmount(layer_id)
-            except Exception:
-                pass
+            except (LaminaError, OSError) as exc:  # keep the copy's own error; say what was left
+                err(f"unmounting {layer_id} after copy: {go_error(exc)}\n")

@@ -6,6 +6,8 @@ import os
 import re
 from typing import Any
 
+from lamina.errors import NotKnown
+
 from .common import fail
 from .output import err, go_error, go_json, out
 
@@ -143,7 +145,7 @@ def image(ctx: Any) -> int:
     for arg in ctx.args:
         try:
             matched.append(store.image(arg))
-        except Exception:
+        except NotKnown:  # like Go: unknown names are skipped, the exit code says so
             continue
     if ctx.json:
         out(go_json(matched))

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from lamina.errors import LaminaError, NotKnown
+
 from .common import MappingError, duplicate_name_message, fail, id_mappings_from_flags, open_input
 from .flags import go_int_list
+from .logs import logrus
 from .output import err, go_error, go_json, out
 
 
@@ -114,14 +117,14 @@ def layers(ctx: Any) -> int:
         for image in store.images():
             for layer_id in [image.top_layer, *image.mapped_top_layers]:
                 image_map.setdefault(layer_id, []).append(image)
-    except Exception:
-        pass
+    except LaminaError as exc:  # Go lists the layers even when images cannot be read
+        logrus("debug", f"listing images for the layer listing: {exc}")
     container_map: dict[str, Any] = {}
     try:
         for ctr in store.containers():
             container_map[ctr.layer] = ctr
-    except Exception:
-        pass
+    except LaminaError as exc:
+        logrus("debug", f"listing containers for the layer listing: {exc}")
     tree = bool(ctx.flags.get("tree"))
     nodes: list[tuple[str, str, list[str]]] = []
     text: list[str] = []
@@ -215,7 +218,7 @@ def layer(ctx: Any) -> int:
     for arg in ctx.args:
         try:
             matched.append(ctx.store.layer(arg))
-        except Exception:
+        except NotKnown:  # like Go: unknown names are skipped, the exit code says so
             continue
     if ctx.json:
         out(go_json(matched))
@@ -295,7 +298,7 @@ def layer_parent_owners(ctx: Any) -> int:
     for arg in ctx.args:
         try:
             matched.append(ctx.store.layer(arg))
-        except Exception:
+        except NotKnown:  # like Go: unknown names are skipped, the exit code says so
             continue
     for lyr in matched:
         try:
@@ -320,7 +323,7 @@ def container_parent_owners(ctx: Any) -> int:
     for arg in ctx.args:
         try:
             matched.append(ctx.store.container(arg))
-        except Exception:
+        except NotKnown:
             continue
     for ctr in matched:
         try:

@@ -6,6 +6,8 @@ import os
 import sys
 from typing import Any, BinaryIO
 
+from lamina.errors import NotKnown
+
 from .output import err, go_error
 
 __all__ = ["id_mappings_from_flags", "open_input", "read_input", "dir_size", "fail"]
@@ -34,7 +36,7 @@ def duplicate_name_message(store: Any, kind: str, names: list[str], exc: BaseExc
     for name in names:
         try:
             other = getattr(store, kind)(name)
-        except Exception:
+        except NotKnown:
             continue
         if name not in other.names:
             continue
