@@ -195,7 +195,51 @@ class _DecompressionFailure(Exception):
         self.offset = offset
 
 
-class _LayerInput(io.RawIOBase):
+class _ChunkedReader(io.RawIOBase):
+    """Read-only stream mechanics over a current chunk (``_buf`` from ``_pos``); subclasses
+    provide ``_pull()``, which loads the next chunk and returns False at the end."""
+
+    _buf: bytes = b""
+    _pos: int = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _pull(self) -> bool:
+        raise NotImplementedError
+
+    def read(self, size: int = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read from a closed stream")
+        if size is None or size < 0:
+            return self.readall()
+        if self._pos >= len(self._buf):
+            if not size or not self._pull():
+                return b""
+        buf, pos = self._buf, self._pos
+        if pos == 0 and len(buf) <= size:
+            self._pos = len(buf)
+            return buf
+        end = min(len(buf), pos + size)
+        self._pos = end
+        return buf[pos:end]
+
+    def readinto(self, buffer: "bytearray | memoryview") -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+    def readall(self) -> bytes:
+        parts = [self._buf[self._pos:]]
+        self._pos = len(self._buf)
+        while self._pull():
+            parts.append(self._buf)
+            self._pos = len(self._buf)
+        return b"".join(parts)
+
+
+class _LayerInput(_ChunkedReader):
     """The uncompressed tar handed to the driver; reading it hashes, counts and splits it.
 
     For compressed input a producer thread (see :data:`PREFETCH_THREAD`) reads the caller's
@@ -230,9 +274,6 @@ class _LayerInput(io.RawIOBase):
     def digest(self) -> str:
         """sha256 of the uncompressed stream (valid after :meth:`finish`)."""
         return "sha256:" + self._hash.hexdigest() if self._hash is not None else self.tap.digest
-
-    def readable(self) -> bool:
-        return True
 
     # -- the producer thread
 
@@ -338,34 +379,6 @@ class _LayerInput(io.RawIOBase):
         self._buf, self._pos = item, 0
         return True
 
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            return self.readall()
-        if self._pos >= len(self._buf):
-            if not size or not self._pull():
-                return b""
-        buf, pos = self._buf, self._pos
-        if pos == 0 and len(buf) <= size:
-            self._pos = len(buf)
-            return buf
-        end = min(len(buf), pos + size)
-        self._pos = end
-        return buf[pos:end]
-
-    def readinto(self, buffer: "bytearray | memoryview") -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        return n
-
-    def readall(self) -> bytes:
-        parts = [self._buf[self._pos:]]
-        self._pos = len(self._buf)
-        while self._pull():
-            parts.append(self._buf)
-            self._pos = len(self._buf)
-        return b"".join(parts)
-
     def finish(self) -> None:
         """Consume the rest of the input (what follows the archive is part of the digests too)."""
         self._pos = len(self._buf)
@@ -459,7 +472,7 @@ def apply_diff_locked(store: "Store", layer: "Layer", diff: BinaryIO) -> int:
 # ---------------------------------------------------------------- producing diffs
 
 
-class ChunkStream(io.RawIOBase):
+class ChunkStream(_ChunkedReader):
     """A read-only binary stream over an iterator of byte chunks.
 
     ``close()`` closes the iterator and then runs *on_close* callbacks (all of them, even if
@@ -474,9 +487,6 @@ class ChunkStream(io.RawIOBase):
         self._pos = 0
         self._done = False
 
-    def readable(self) -> bool:
-        return True
-
     def _pull(self) -> bool:
         while not self._done:
             try:
@@ -489,38 +499,8 @@ class ChunkStream(io.RawIOBase):
                 return True
         return False
 
-    def read(self, size: int = -1) -> bytes:
-        if self.closed:
-            raise ValueError("read from a closed stream")
-        if size is None or size < 0:
-            return self.readall()
-        if self._pos >= len(self._buf):
-            if not size or not self._pull():
-                return b""
-        buf, pos = self._buf, self._pos
-        if pos == 0 and len(buf) <= size:
-            self._pos = len(buf)
-            return buf
-        end = min(len(buf), pos + size)
-        self._pos = end
-        return buf[pos:end]
-
     def read1(self, size: int = -1) -> bytes:
         return self.read(size if size is not None and size >= 0 else _CHUNK)
-
-    def readinto(self, buffer: "bytearray | memoryview") -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        return n
-
-    def readall(self) -> bytes:
-        parts = [self._buf[self._pos:]]
-        self._pos = len(self._buf)
-        while self._pull():
-            parts.append(self._buf)
-            self._pos = len(self._buf)
-        return b"".join(parts)
 
     def close(self) -> None:
         if self.closed:
