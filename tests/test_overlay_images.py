@@ -25,6 +25,7 @@ from typing import Iterator
 import pytest
 
 from lamina.store import Store
+from lamina.testing.interop import sandbox
 from lamina.testing import mounts_under
 from lamina.transfer import chain_layer_ids, export_image, import_image
 
@@ -60,22 +61,6 @@ if _WHY:
 needs_skopeo = pytest.mark.skipif(SKOPEO is None, reason="skopeo is not installed (apt-get install skopeo)")
 needs_podman = pytest.mark.skipif(PODMAN is None or shutil.which("crun") is None,
                                   reason="podman/crun are not installed (apt-get install podman crun)")
-
-SANDBOX = r'''
-c=/sys/fs/cgroup/unified/cgroup.controllers
-if [ -n "$(cat "$c" 2>/dev/null)" ]; then mount --bind /dev/null "$c" || exit 1; fi
-if [ -d /var/lib/containers ]; then mount -t tmpfs -o mode=0700 tmpfs /var/lib/containers || exit 1; fi
-mount -t tmpfs -o mode=0755 tmpfs /run || exit 1
-mount -t tmpfs -o mode=1777 tmpfs /var/tmp || exit 1
-exec "$@"
-'''
-
-
-def sandbox(*cmd: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([UNSHARE or "unshare", "--mount", "--net", "--propagation", "private",
-                           "sh", "-c", SANDBOX, "sandbox", *cmd],
-                          capture_output=True, text=True, env=env, timeout=timeout)
-
 
 def skopeo(*args: str) -> subprocess.CompletedProcess[str]:
     proc = sandbox(SKOPEO or "skopeo", *args)

@@ -25,6 +25,7 @@ import pytest
 
 from lamina.errors import ArchiveError
 from lamina.store import Store
+from lamina.testing.interop import sandbox
 from lamina.transfer import (
     ImageFormatError,
     TransferError,
@@ -213,23 +214,6 @@ def snapshot(store: Store) -> tuple[list[tuple[str, str, str]], list[tuple[str, 
 
 
 # ---------------------------------------------------------------- the sandbox for skopeo and podman
-
-
-SANDBOX = r'''
-c=/sys/fs/cgroup/unified/cgroup.controllers
-if [ -n "$(cat "$c" 2>/dev/null)" ]; then mount --bind /dev/null "$c" || exit 1; fi
-if [ -d /var/lib/containers ]; then mount -t tmpfs -o mode=0700 tmpfs /var/lib/containers || exit 1; fi
-mount -t tmpfs -o mode=0755 tmpfs /run || exit 1
-mount -t tmpfs -o mode=1777 tmpfs /var/tmp || exit 1
-exec "$@"
-'''
-
-
-def sandbox(*cmd: str, env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    """Run *cmd* in a private mount + network namespace (see interop-smoke.sh)."""
-    return subprocess.run([UNSHARE or "unshare", "--mount", "--net", "--propagation", "private",
-                           "sh", "-c", SANDBOX, "sandbox", *cmd],
-                          capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def skopeo(*args: str) -> subprocess.CompletedProcess[str]:

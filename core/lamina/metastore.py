@@ -387,6 +387,13 @@ class RecordStore(Generic[R]):
 
     # ---------------------------------------------------------------- shared mutations
 
+    def unused_id(self) -> str:
+        """A random 64-hex ID that no record of this store has."""
+        id = new_id()
+        while id in self.by_id:
+            id = new_id()
+        return id
+
     def check_new(self, id: str, names: list[str]) -> None:
         """Raise DuplicateID / DuplicateName if *id* or any of *names* is taken (ValueError if *id* is not valid)."""
         if not valid_id(id):

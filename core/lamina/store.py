@@ -40,7 +40,6 @@ from .metastore import (
     RecordStore,
     Source,
     dedupe,
-    new_id,
 )
 from .records import Container, Image, Layer, go_time_now
 from .types import Change, CreateOpts, DriverConfig, IDMap, IDMappings, MountOpts
@@ -296,9 +295,7 @@ class Store:
         records = self.layer_store
         parent_layer = self._layer(parent) if parent else None
         if id is None:
-            id = new_id()
-            while id in records.by_id:
-                id = new_id()
+            id = records.unused_id()
         names = dedupe(list(names))
         if any(id in s.by_id for s in self.ro_layer_stores):
             raise DuplicateID(id)
@@ -455,9 +452,7 @@ class Store:
             layer_id = self._layer(top_layer).id if top_layer else ""
             store = self.image_store
             if id is None:
-                id = new_id()
-                while id in store.by_id:
-                    id = new_id()
+                id = store.unused_id()
             names = dedupe(list(names))
             store.check_new(id, names)
             image = Image(id=id, digest=digest, names=names, top_layer=layer_id, metadata=metadata,
@@ -557,14 +552,10 @@ class Store:
             store = self.container_store
             img = self._image(image) if image else None
             if id is None:
-                id = new_id()
-                while id in store.by_id:
-                    id = new_id()
+                id = store.unused_id()
             names = dedupe(list(names))
             store.check_new(id, names)
-            layer_id = new_id()
-            while layer_id in self.layer_store.by_id:
-                layer_id = new_id()
+            layer_id = self.layer_store.unused_id()
             from .check import intent
 
             # layer and container record are two writes: an intent lets the next open drop the layer

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lamina.store import Store
+from lamina.testing.interop import sandbox
 from lamina.testing import mounts_under
 
 TOOLS = Path("/work/shared/tools")
@@ -24,18 +25,6 @@ pytestmark = [
     pytest.mark.skipif(bool(MISSING), reason=f"missing for the podman test: {', '.join(MISSING)} "
                                              "(apt-get install podman crun busybox-static jq)"),
 ]
-
-# Like interop-smoke.sh: a private mount + network namespace, empty /run and /var/tmp, the
-# cgroup v2 controllers hidden from crun; every mount podman makes vanishes with the namespace.
-SANDBOX = r'''
-c=/sys/fs/cgroup/unified/cgroup.controllers
-if [ -n "$(cat "$c" 2>/dev/null)" ]; then mount --bind /dev/null "$c" || exit 1; fi
-if [ -d /var/lib/containers ]; then mount -t tmpfs -o mode=0700 tmpfs /var/lib/containers || exit 1; fi
-mount -t tmpfs -o mode=0755 tmpfs /run || exit 1
-mount -t tmpfs -o mode=1777 tmpfs /var/tmp || exit 1
-exec "$@"
-'''
-
 
 def _blob(layout: Path, digest: str) -> Path:
     return layout / "blobs" / "sha256" / digest.split(":", 1)[1]
@@ -91,8 +80,7 @@ network_config_dir = "{tmp_path}/netconf"
     podman = ["podman", "--root", str(g), "--runroot", str(r), "--storage-driver", "overlay"]
     run = [*podman, "run", "--rm", "--network", "none", "--cgroups", "disabled", "localhost/test:latest",
            "/bin/sh", "-c", "cat /etc/added /etc/motd; ls /etc"]
-    proc = subprocess.run(["unshare", "--mount", "--net", "--propagation", "private", "sh", "-c", SANDBOX,
-                           "sandbox", *run], capture_output=True, text=True, env=env, timeout=300)
+    proc = sandbox(*run, env=env)
     assert proc.returncode == 0, f"podman failed: {proc.stderr}"
     lines = proc.stdout.splitlines()
     assert "added in layer2" in lines
