@@ -27,7 +27,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # "compat" editable installs are plain path entries: no import hook to load at every start-up.
-.venv/bin/python -m pip install -q --config-settings editable_mode=compat -r requirements-dev.txt
+# The editables are named here, not in requirements-dev.txt: pip applies --config-settings only to
+# requirements given on its command line, so a requirements file would get import-hook installs.
+.venv/bin/python -m pip install -q --config-settings editable_mode=compat \
+    -e . -e ./plugins/vfs -e ./plugins/overlay -e ./plugins/btrfs
+.venv/bin/python -m pip install -q -r requirements-dev.txt
 # Byte-compile now: imports then read cached bytecode even where PYTHONDONTWRITEBYTECODE is set
 # (it matters for the CLI's start-up time).
 .venv/bin/python -m compileall -q core plugins >/dev/null

@@ -13,13 +13,12 @@ byte-identical to the ones the Go tools write.
 from __future__ import annotations
 
 import base64
-import decimal
 import errno
 import json
 import math
 import re
 import os
-import secrets
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,7 +36,7 @@ def _open_temp(directory: str, prefix: str, mode: int) -> tuple[int, str]:
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     for _ in range(_TEMP_ATTEMPTS):
         # Go: strconv.Itoa(uint32 random) -> 1 to 10 decimal digits.
-        name = os.path.join(directory, f"{prefix}{secrets.randbits(32)}")
+        name = os.path.join(directory, f"{prefix}{int.from_bytes(os.urandom(4), 'little')}")
         try:
             return os.open(name, flags, mode), name
         except FileExistsError:
@@ -130,6 +129,8 @@ def _go_float(f: float) -> str:
         raise ValueError(f"json: unsupported value: {f!r}")
     if f == 0:
         return "-0" if math.copysign(1.0, f) < 0 else "0"
+    import decimal
+
     sign, digit_tuple, exp = decimal.Decimal(repr(f)).as_tuple()
     assert isinstance(exp, int)
     digits = "".join(map(str, digit_tuple)).rstrip("0") or "0"
@@ -169,7 +170,8 @@ def _encode(obj: Any, out: list[str], sort_keys: bool) -> None:
         out.append(int.__repr__(obj))
     elif isinstance(obj, float):
         out.append(_go_float(obj))
-    elif isinstance(obj, decimal.Decimal):
+    elif (dec := sys.modules.get("decimal")) is not None and isinstance(obj, dec.Decimal):
+        # (no Decimal can exist before the module is imported, so it is not imported here)
         out.append(_go_float(float(obj)))
     elif isinstance(obj, (bytes, bytearray, memoryview)):
         # Go encodes []byte as a standard base64 string.

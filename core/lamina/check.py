@@ -958,11 +958,8 @@ def garbage_collect(store: "Store", max_age: float = 0.0) -> list[RepairAction]:
 # be in the middle of anything) completes or undoes that operation, whichever the records show
 # it had reached, and removes the temp files of interrupted atomic writes.
 
-INTENTS_SUFFIX = "-intents"
-
-
 def intents_dir(store: "Store") -> str:
-    return os.path.join(store.graph_root, f"{store.driver_name}{INTENTS_SUFFIX}")
+    return store.interrupted_work_dirs()[0]
 
 
 @contextlib.contextmanager
@@ -1116,15 +1113,14 @@ def recover_interrupted(store: "Store") -> list[str]:
                 continue
             _unlink_quietly(path)
             done.append(f"recovered interrupted {it['op']} ({path})")
-        temp_dirs = {store.layer_store.directory, store.image_store.directory, store.container_store.directory}
-        if store.image_store_dir:
-            temp_dirs.add(os.path.join(store.image_store_dir, f"{store.driver_name}-layers"))
-        for d in sorted(temp_dirs):
-            done.extend(_sweep_temp_files(d))
         layers = store.layer_store
-        if layers.mounts_path is not None and layers.mounts_lock is not None:
+        mounts_dir = os.path.dirname(layers.mounts_path) if layers.mounts_path is not None else None
+        for d in store.interrupted_work_dirs()[1]:
+            if d != mounts_dir:
+                done.extend(_sweep_temp_files(d))
+        if mounts_dir is not None and layers.mounts_lock is not None:
             with layers.mounts_lock.locked():
-                done.extend(_sweep_temp_files(os.path.dirname(layers.mounts_path)))
+                done.extend(_sweep_temp_files(mounts_dir))
     for line in done:
         _LOG.info("%s", line)
     return done

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import decimal
 import json
 import os
 import re
-import secrets
 import threading
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
@@ -64,9 +62,16 @@ def valid_id(id: str) -> bool:
     return bool(id) and id not in (".", "..") and "/" not in id and "\0" not in id
 
 
+def _exact_number(text: str) -> Any:
+    """A non-integral JSON number as a Decimal, which keeps its text so it is written back exactly."""
+    import decimal  # rare in store files: not imported at start-up
+
+    return decimal.Decimal(text)
+
+
 def new_id() -> str:
     """A random 64-hex ID."""
-    return secrets.token_hex(32)
+    return os.urandom(32).hex()
 
 
 def dedupe(names: list[str] | tuple[str, ...]) -> list[str]:
@@ -193,6 +198,17 @@ class Source:
         self.write_when_empty = write_when_empty
 
 
+class _Written:
+    """A source file's bytes as last read or written, and the records (and JSON objects) they hold."""
+
+    __slots__ = ("data", "records", "raws")
+
+    def __init__(self, data: bytes, records: list[Any], raws: list[dict[str, Any]]) -> None:
+        self.data = data
+        self.records = records
+        self.raws = raws
+
+
 class RecordStore(Generic[R]):
     """Records of one kind kept in JSON files under one lock.
 
@@ -219,6 +235,7 @@ class RecordStore(Generic[R]):
         self.by_id: dict[str, R] = {}
         self.by_name: dict[str, R] = {}
         self._mtimes: tuple[int, ...] = ()
+        self._written: dict[str, _Written] = {}
         self._loaded = False
         self._load_mutex = threading.Lock()
 
@@ -278,44 +295,52 @@ class RecordStore(Generic[R]):
         """Read every source; repair what needs repair when *locked_for_write*, else raise NeedsWriteLock."""
         records: list[R] = []
         mtimes = self._file_mtimes()
+        from_stored = self.record_type.from_stored
+        written: dict[str, _Written] = {}
         for src in self.sources:
-            for raw in self._read_source(src):
+            location = src.location
+            text, raws = self._read_source(src)
+            first = len(records)
+            for raw in raws:
                 try:
-                    record = self.record_type.from_json(raw)
-                    record.remember_loaded(raw)
+                    record = from_stored(raw, location)
                 except (RecordError, KeyError, TypeError, ValueError, AttributeError) as exc:
                     raise StoreCorrupt(f"{src.path}: bad {self.kind} record: {exc}") from exc
                 if not valid_id(record.id):
                     raise StoreCorrupt(f"{src.path}: bad {self.kind} record: ID {record.id!r} is not a valid file name")
-                record.location = src.location
-                if self.read_only and hasattr(record, "read_only"):
-                    record.read_only = True
                 records.append(record)
+            if text is not None:
+                written[src.path] = _Written(text, records[first:], raws)
+        if self.read_only:
+            for record in records:
+                if hasattr(record, "read_only"):
+                    object.__setattr__(record, "read_only", True)  # runtime state: the JSON cache stays
         self._install(records)
+        self._written = written
         self._mtimes = mtimes
         self._loaded = True
         needs_save = self.after_load(locked_for_write=locked_for_write)
         if needs_save:
             self.save()
 
-    def _read_source(self, src: Source) -> list[dict[str, Any]]:
+    def _read_source(self, src: Source) -> tuple[bytes | None, list[dict[str, Any]]]:
+        """(the file's bytes, or None when there is no file or it holds nothing; its records)."""
         try:
             with open(src.path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            return []
+            return None, []
         if not data.strip():
-            return []
+            return None, []
         try:
-            # Decimal keeps a non-integral number's text, so it is written back exactly.
-            parsed = json.loads(data, parse_float=decimal.Decimal)
+            parsed = json.loads(data, parse_float=_exact_number)
         except (ValueError, UnicodeDecodeError) as exc:
             raise StoreCorrupt(f"{src.path}: not valid JSON: {exc}") from exc
         if parsed is None:
-            return []
+            return None, []
         if not isinstance(parsed, list) or not all(isinstance(x, dict) for x in parsed):
             raise StoreCorrupt(f"{src.path}: expected a JSON array of objects")
-        return parsed
+        return data, parsed
 
     def _install(self, records: list[R]) -> None:
         by_id: dict[str, R] = {}
@@ -363,9 +388,40 @@ class RecordStore(Generic[R]):
             if not mine and not src.write_when_empty and not os.path.exists(src.path):
                 continue
             os.makedirs(os.path.dirname(src.path), mode=0o700, exist_ok=True)
-            write_file_atomic(src.path, records_json(mine), 0o600)
+            data = self._source_bytes(src, mine)
+            write_file_atomic(src.path, data, 0o600)
+            self._written[src.path] = _Written(data, mine, [r.json_object() for r in mine])
         self.lock.touch()
         self._mtimes = self._file_mtimes()
+
+    def _source_bytes(self, src: Source, records: list[R]) -> bytes:
+        data = self._spliced_bytes(src, records)
+        if _VERIFY_CACHE:
+            full = records_json(records)
+            if data != full and json.loads(data) != json.loads(full):
+                raise AssertionError(f"{src.path}: the kept bytes of unchanged records do not hold them")
+        return data
+
+    def _spliced_bytes(self, src: Source, records: list[R]) -> bytes:
+        """The bytes of *src* holding *records*.
+
+        When the file as last read or written holds exactly the first of *records*, unchanged
+        (same objects, JSON caches untouched), its bytes are kept and only the records after
+        them are encoded: adding a layer to thousands costs one record's encoding, not all.
+        """
+        last = self._written.get(src.path)
+        if last is not None and len(records) >= len(last.records):
+            kept = len(last.records)
+            same = all(r is old and r.__dict__.get("_cache") is raw
+                       for r, old, raw in zip(records, last.records, last.raws))
+            if same:
+                head = last.data.rstrip()
+                if kept == len(records):
+                    return head
+                if head.endswith(b"]"):
+                    tail = records_json(records[kept:])
+                    return tail if not kept else head[:-1] + b"," + tail[1:]
+        return records_json(records)
 
     # ---------------------------------------------------------------- lookups
 
@@ -539,12 +595,16 @@ class LayerRecords(RecordStore[Layer]):
         if self.mounts_lock is not None:
             with self.mounts_lock.read_locked():
                 self.mounts_lock.modified()  # remember the token we loaded
-                self.load_mounts()
+                self.load_mounts(fresh=True)
 
-    def load_mounts(self) -> None:
-        """Set each layer's mount point and count from mountpoints.json (mounts lock held)."""
-        for layer in self.records:
-            layer.mount_point, layer.mount_count = "", 0
+    def load_mounts(self, fresh: bool = False) -> None:
+        """Set each layer's mount point and count from mountpoints.json (mounts lock held).
+
+        *fresh*: the records were just loaded, so none has a mount point yet.
+        """
+        if not fresh:
+            for layer in self.records:
+                layer.mount_point, layer.mount_count = "", 0
         if self.mounts_path is None:
             return
         try:
@@ -598,7 +658,7 @@ class LayerRecords(RecordStore[Layer]):
 
     def after_load(self, *, locked_for_write: bool) -> bool:
         changed = False
-        incomplete = [r for r in self.records if r.incomplete]
+        incomplete = [r for r in self.records if r.flags and r.incomplete]
         if incomplete and not self.read_only:
             if not locked_for_write:
                 raise NeedsWriteLock()

@@ -68,6 +68,14 @@ class _Record:
             object.__setattr__(self, "_cache", cached)
         return cached
 
+    @classmethod
+    def from_stored(cls, data: Json, location: str) -> Any:
+        """The record read from a store file at *location*; *data* becomes its JSON cache."""
+        record = cls.from_json(data)  # type: ignore[attr-defined]
+        object.__setattr__(record, "location", location)
+        object.__setattr__(record, "_cache", data)
+        return record
+
     def remember_loaded(self, raw: Json) -> None:
         """Use the object read from disk as the cache (what was read is what gets written back)."""
         object.__setattr__(self, "_cache", raw)
@@ -158,49 +166,49 @@ class Layer(_Record):
 
     @classmethod
     def from_json(cls, data: Json) -> "Layer":
-        # The hot path of loading thousands of layers: plain type checks, no per-field calls, and
-        # no __init__ (whose attribute assignments would each go through __setattr__).
-        get = data.get
-        values: dict[str, Any] = {}
-        for attr, key in _LAYER_STR_FIELDS:
-            v = get(key, "")
-            if type(v) is not str:
-                if v is None:
-                    v = ""
-                else:
+        return cls.from_stored(data, "stable")
+
+    @classmethod
+    def from_stored(cls, data: Json, location: str) -> "Layer":
+        # The hot path of loading thousands of layers: one pass over the keys present (a stored
+        # layer has few), plain type checks, and no __init__ (whose attribute assignments would
+        # each go through __setattr__).
+        values = dict(_LAYER_DEFAULTS)
+        extra: Json | None = None
+        for key, v in data.items():
+            spec = _LAYER_SPEC.get(key)
+            if spec is None:
+                if extra is None:
+                    extra = {}
+                extra[key] = v
+                continue
+            attr, kind = spec
+            if kind is str:
+                if type(v) is str:
+                    values[attr] = v
+                elif v is not None:
                     raise RecordError(f"field {key!r} must be a string, got {type(v).__name__}")
-            values[attr] = v
+            elif kind is int:
+                if type(v) is int:
+                    values[attr] = v
+                elif v is not None:
+                    raise RecordError(f"field {key!r} must be an integer, got {type(v).__name__}")
+            elif v:
+                values[attr] = kind(data, key)
         if not values["id"]:
             raise RecordError("missing field 'id'")
-        for attr, key in _LAYER_INT_FIELDS:
-            v = get(key, 0)
-            if type(v) is not int:
-                if v is None:
-                    v = 0
-                else:
-                    raise RecordError(f"field {key!r} must be an integer, got {type(v).__name__}")
-            values[attr] = v
-        names = get("names")
-        values["names"] = _strlist(data, "names") if names else []
-        values["uidset"] = _intlist(data, "uidset") if get("uidset") else []
-        values["gidset"] = _intlist(data, "gidset") if get("gidset") else []
-        values["flags"] = _dict(data, "flags") if get("flags") else {}
-        values["uidmap"] = _maps_from_json(get("uidmap")) if get("uidmap") else ()
-        values["gidmap"] = _maps_from_json(get("gidmap")) if get("gidmap") else ()
-        values["big_data_names"] = _strlist(data, "big-data-names") if get("big-data-names") else []
-        values["extra"] = {k: v for k, v in data.items() if k not in _LAYER_KEYS}
-        values.update(mount_point="", mount_count=0, read_only=False, location="stable", _cache=None)
+        # Fresh containers for the absent list and dict fields (never shared between records).
+        for attr in _LAYER_MUTABLE:
+            if values[attr] is None:
+                values[attr] = []
+        if values["flags"] is None:
+            values["flags"] = {}
+        values["extra"] = extra if extra is not None else {}
+        values["location"] = location
+        values["_cache"] = data
         layer = cls.__new__(cls)
         layer.__dict__.update(values)
         return layer
-
-
-_LAYER_STR_FIELDS = (("id", "id"), ("parent", "parent"), ("metadata", "metadata"), ("mount_label", "mountlabel"),
-                     ("created", "created"), ("compressed_digest", "compressed-diff-digest"),
-                     ("uncompressed_digest", "diff-digest"), ("toc_digest", "toc-digest"))
-_LAYER_INT_FIELDS = (("compressed_size", "compressed-size"), ("uncompressed_size", "diff-size"),
-                     ("compression", "compression"))
-_LAYER_KEYS = frozenset(Layer._KEYS)
 
 
 @dataclass(eq=False)
@@ -382,8 +390,11 @@ def _strlist(data: Json, key: str) -> list[str]:
     value = data.get(key)
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if type(value) is not list:
         raise RecordError(f"field {key!r} must be a list of strings")
+    for v in value:  # a plain loop: this runs for every name of every record loaded
+        if type(v) is not str:
+            raise RecordError(f"field {key!r} must be a list of strings")
     return list(value)
 
 
@@ -403,3 +414,31 @@ def _dict(data: Json, key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise RecordError(f"field {key!r} must be an object, got {type(value).__name__}")
     return dict(value)
+
+
+# ---------------------------------------------------------------- the layer loader's tables
+
+
+def _maps_field(data: Json, key: str) -> tuple[IDMap, ...]:
+    return _maps_from_json(data.get(key))
+
+
+_LAYER_SPEC: dict[str, tuple[str, Any]] = {
+    "id": ("id", str), "parent": ("parent", str), "metadata": ("metadata", str),
+    "mountlabel": ("mount_label", str), "created": ("created", str),
+    "compressed-diff-digest": ("compressed_digest", str), "diff-digest": ("uncompressed_digest", str),
+    "toc-digest": ("toc_digest", str), "compressed-size": ("compressed_size", int),
+    "diff-size": ("uncompressed_size", int), "compression": ("compression", int),
+    "names": ("names", _strlist), "uidset": ("uidset", _intlist),
+    "gidset": ("gidset", _intlist), "flags": ("flags", _dict),
+    "uidmap": ("uidmap", _maps_field), "gidmap": ("gidmap", _maps_field),
+    "big-data-names": ("big_data_names", _strlist),
+}
+assert set(_LAYER_SPEC) == set(Layer._KEYS)
+_LAYER_MUTABLE = ("names", "uidset", "gidset", "big_data_names")
+_LAYER_DEFAULTS: Json = {
+    "id": "", "parent": "", "metadata": "", "mount_label": "", "created": "", "compressed_digest": "",
+    "uncompressed_digest": "", "toc_digest": "", "compressed_size": 0, "uncompressed_size": 0, "compression": 0,
+    "names": None, "uidset": None, "gidset": None, "big_data_names": None, "flags": None,
+    "uidmap": (), "gidmap": (), "mount_point": "", "mount_count": 0, "read_only": False,
+}

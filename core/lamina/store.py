@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
@@ -51,6 +50,8 @@ DigestFunc = Callable[[bytes], str]
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -186,10 +187,41 @@ class Store:
                     ImageStore(idir, [Source(os.path.join(idir, "images.json"), STABLE, True)],
                                os.path.join(idir, "images.lock"), read_only=True))
         # Finish or undo what a process that died mid-operation left (lamina.check's intents).
-        from .check import recover_interrupted
-
         self._events = self.driver.events
-        recover_interrupted(self)
+        if self._interrupted_work_left():
+            from .check import recover_interrupted
+
+            recover_interrupted(self)
+
+    #: The directory (under the graph root, after the driver's name) of lamina.check's intents.
+    INTENTS_SUFFIX = "-intents"
+
+    def interrupted_work_dirs(self) -> tuple[str, list[str]]:
+        """(the intents directory; the directories where interrupted atomic writes leave ``.tmp-*`` files)."""
+        temp_dirs = {self.layer_store.directory, self.image_store.directory, self.container_store.directory}
+        if self.image_store_dir:
+            temp_dirs.add(os.path.join(self.image_store_dir, f"{self.driver_name}-layers"))
+        if self.layer_store.mounts_path is not None:
+            temp_dirs.add(os.path.dirname(self.layer_store.mounts_path))
+        return os.path.join(self.graph_root, f"{self.driver_name}{self.INTENTS_SUFFIX}"), sorted(temp_dirs)
+
+    def _interrupted_work_left(self) -> bool:
+        """Whether an intent or a ``.tmp-*`` file is present: a few directory listings, no locks.
+
+        What a dead process left is there before this looks; a live writer's temp file only
+        makes the (locked) recovery run for nothing.
+        """
+        intents, temp_dirs = self.interrupted_work_dirs()
+        for directory in [intents, *temp_dirs]:
+            try:
+                names = os.listdir(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if directory == intents and names:
+                return True
+            if any(n.startswith(".tmp-") for n in names):
+                return True
+        return False
 
     # ---------------------------------------------------------------- the access mechanism
 

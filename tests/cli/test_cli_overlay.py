@@ -228,6 +228,12 @@ def _container_with_writes(otools, inputs, h):
         (root / "new" / "f").write_bytes(b"x" * 3000)
         for rel in ("etc/hello.txt", "new/f", "new", "dir1", "etc"):
             os.utime(root / rel, (1_700_000_000, 1_700_000_000))
+        # The kernel's whiteout (a 0:0 device in the upper dir) carries the time of the unlink,
+        # and the diff shows it: pin it too, or the two tools' diffs differ when their runs
+        # fall in different seconds.
+        whiteout = Path(tool.graph) / "overlay" / tool.vars["CL"] / "diff" / "dir1" / "a.txt"
+        os.utime(whiteout, (1_700_000_000, 1_700_000_000), follow_symlinks=False)
+        os.utime(whiteout.parent, (1_700_000_000, 1_700_000_000))
 
 
 def _same_members(g, l):

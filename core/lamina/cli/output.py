@@ -49,7 +49,7 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    to_json = getattr(value, "to_json", None)
+    to_json = getattr(value, "json_object", None) or getattr(value, "to_json", None)
     if to_json is None:
         raise TypeError(f"cannot encode {type(value).__name__} as JSON")
     return to_json()
@@ -60,6 +60,12 @@ def go_json(value: Any) -> str:
 
     Dicts are written in their own order: pass Go maps with sorted keys (:func:`go_map`).
     """
+    if isinstance(value, list) and value and all(hasattr(v, "json_object") for v in value):
+        # A list of records is what the store files hold: the same encoder, and each record's
+        # cached JSON object (what was read is what is shown).
+        from lamina.metastore import records_json
+
+        return records_json(value).decode("utf-8", "surrogateescape") + "\n"
     from lamina.atomicio import go_json_dumps
 
     return go_json_dumps(_plain(value)) + "\n"
