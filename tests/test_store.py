@@ -209,6 +209,45 @@ def test_incomplete_layer_removed_on_next_load(store: Store, roots: tuple[str, s
     assert not os.path.exists(os.path.join(roots[0], "vfs-layers", layer.id))
 
 
+def _canonical(path: str) -> bytes:
+    """The bytes a fresh encoding of *path*'s records gives (what Go's json.Marshal writes)."""
+    from lamina.metastore import records_json
+    from lamina.records import Layer
+
+    return records_json([Layer.from_json(r) for r in read_json(path)])
+
+
+def test_saving_keeps_unchanged_records_bytes(store: Store, roots: tuple[str, str]) -> None:
+    # A save that only adds records re-encodes only those; the file must equal a full encoding
+    # after appends, changes to an old record, removals, and a reload by another object.
+    path = os.path.join(roots[0], "vfs-layers", "layers.json")
+    first = store.create_layer(names=["a"])
+    for name in ("b", "c"):
+        store.create_layer(names=[name], parent=first.id)
+    assert open(path, "rb").read() == _canonical(path)
+    store.set_names(first.id, ["a", "a2"])  # changes the first record: everything re-encoded
+    other = Store(*roots, driver_name="vfs")
+    other.create_layer(names=["d"])  # appends after a reload
+    store.create_layer(names=["e"])
+    store.delete_layer("c")
+    data = open(path, "rb").read()
+    assert data == _canonical(path)
+    assert [l["names"] for l in json.loads(data)] == [["a", "a2"], ["b"], ["d"], ["e"]]
+
+
+def test_saving_after_another_writers_formatting(store: Store, roots: tuple[str, str]) -> None:
+    # Another writer's spacing is kept for the records it wrote; what lamina adds is valid JSON.
+    path = os.path.join(roots[0], "vfs-layers", "layers.json")
+    store.create_layer(names=["a"])
+    records = read_json(path)
+    with open(path, "w") as f:
+        f.write(json.dumps(records, indent=2) + "\n")
+    other = Store(*roots, driver_name="vfs")
+    other.create_layer(names=["b"])
+    assert [l["names"] for l in read_json(path)] == [["a"], ["b"]]
+    assert [l.names for l in Store(*roots, driver_name="vfs").layers()] == [["a"], ["b"]]
+
+
 def test_other_object_sees_changes(store: Store, roots: tuple[str, str]) -> None:
     other = Store(*roots, driver_name="vfs")
     layer = store.create_layer(names=["seen"])

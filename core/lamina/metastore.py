@@ -199,14 +199,25 @@ class Source:
 
 
 class _Written:
-    """A source file's bytes as last read or written, and the records (and JSON objects) they hold."""
+    """A source file's bytes as last read or written, the records (and JSON objects) they hold,
+    and marks: ``(n, end)`` pairs where ``data[:end]`` is the array up to the end of its n-th
+    record, so that a save may keep those bytes when those records are unchanged."""
 
-    __slots__ = ("data", "records", "raws")
+    __slots__ = ("data", "records", "raws", "marks")
 
-    def __init__(self, data: bytes, records: list[Any], raws: list[dict[str, Any]]) -> None:
+    def __init__(self, data: bytes, records: list[Any], raws: list[dict[str, Any]],
+                 marks: list[tuple[int, int]]) -> None:
         self.data = data
         self.records = records
         self.raws = raws
+        self.marks = marks
+
+    @classmethod
+    def read(cls, data: bytes, records: list[Any], raws: list[dict[str, Any]]) -> "_Written":
+        """A file as read: its one usable mark is the end of the array, when it is one."""
+        body = data.rstrip()
+        marks = [(len(records), len(body) - 1)] if body.endswith(b"]") and records else []
+        return cls(data, records, raws, marks)
 
 
 class RecordStore(Generic[R]):
@@ -310,7 +321,7 @@ class RecordStore(Generic[R]):
                     raise StoreCorrupt(f"{src.path}: bad {self.kind} record: ID {record.id!r} is not a valid file name")
                 records.append(record)
             if text is not None:
-                written[src.path] = _Written(text, records[first:], raws)
+                written[src.path] = _Written.read(text, records[first:], raws)
         if self.read_only:
             for record in records:
                 if hasattr(record, "read_only"):
@@ -388,40 +399,46 @@ class RecordStore(Generic[R]):
             if not mine and not src.write_when_empty and not os.path.exists(src.path):
                 continue
             os.makedirs(os.path.dirname(src.path), mode=0o700, exist_ok=True)
-            data = self._source_bytes(src, mine)
+            data, marks = self._source_bytes(src, mine)
             write_file_atomic(src.path, data, 0o600)
-            self._written[src.path] = _Written(data, mine, [r.json_object() for r in mine])
+            self._written[src.path] = _Written(data, mine, [r.json_object() for r in mine], marks)
         self.lock.touch()
         self._mtimes = self._file_mtimes()
 
-    def _source_bytes(self, src: Source, records: list[R]) -> bytes:
-        data = self._spliced_bytes(src, records)
+    def _source_bytes(self, src: Source, records: list[R]) -> tuple[bytes, list[tuple[int, int]]]:
+        """The bytes of *src* holding *records*, and their marks (see :class:`_Written`)."""
+        data, marks = self._spliced_bytes(src, records)
         if _VERIFY_CACHE:
             full = records_json(records)
             if data != full and json.loads(data) != json.loads(full):
                 raise AssertionError(f"{src.path}: the kept bytes of unchanged records do not hold them")
-        return data
+        return data, marks
 
-    def _spliced_bytes(self, src: Source, records: list[R]) -> bytes:
-        """The bytes of *src* holding *records*.
+    def _spliced_bytes(self, src: Source, records: list[R]) -> tuple[bytes, list[tuple[int, int]]]:
+        """The bytes of *src* holding *records*, keeping what it can of the file as last read or written.
 
-        When the file as last read or written holds exactly the first of *records*, unchanged
-        (same objects, JSON caches untouched), its bytes are kept and only the records after
-        them are encoded: adding a layer to thousands costs one record's encoding, not all.
+        Where the file's first n records are the first n of *records*, unchanged (same objects,
+        JSON caches untouched), and a mark says where they end, those bytes are kept and only
+        the rest is encoded: adding a layer to thousands (and then clearing its incomplete
+        flag) costs one record's encoding, not all of them.
         """
         last = self._written.get(src.path)
-        if last is not None and len(records) >= len(last.records):
-            kept = len(last.records)
-            same = all(r is old and r.__dict__.get("_cache") is raw
-                       for r, old, raw in zip(records, last.records, last.raws))
-            if same:
-                head = last.data.rstrip()
-                if kept == len(records):
-                    return head
-                if head.endswith(b"]"):
-                    tail = records_json(records[kept:])
-                    return tail if not kept else head[:-1] + b"," + tail[1:]
-        return records_json(records)
+        unchanged = 0
+        if last is not None:
+            for r, old, raw in zip(records, last.records, last.raws):
+                if r is not old or r.__dict__.get("_cache") is not raw:
+                    break
+                unchanged += 1
+        mark = max((m for m in last.marks if m[0] <= unchanged), default=None) if last is not None else None
+        if mark is None or mark[0] == 0:
+            data = records_json(records)
+            return data, [(len(records), len(data) - 1)] if records else []
+        kept, end = mark
+        assert last is not None
+        head = last.data[:end]
+        rest = records[kept:]
+        data = head + (b"," + records_json(rest)[1:-1] if rest else b"") + b"]"
+        return data, [(kept, end), (len(records), len(data) - 1)]
 
     # ---------------------------------------------------------------- lookups
 
