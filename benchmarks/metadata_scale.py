@@ -118,6 +118,14 @@ def main() -> int:
                                        ("list", api_list, go_list, cli_list)):
                 print(f"{n:>6} {op:<7} {api * 1000:>9.1f}ms {go_t * 1000:>7.1f}ms {api / go_t:>7.2f}"
                       f" {cli * 1000:>9.1f}ms {cli / go_t:>7.2f}")
+    # What any Python CLI built on the mandated libraries pays before it does anything: the
+    # interpreter, then pluggy (the driver contract) and stevedore (driver discovery).
+    print("\nstart-up floor of a Python CLI (median, this run):")
+    for label, code in (("interpreter (python -c pass)", "pass"),
+                        ("+ import pluggy, stevedore", "import pluggy, stevedore"),
+                        ("+ import lamina.store, lamina_vfs", "import pluggy, stevedore, lamina.store, lamina_vfs")):
+        t = median_time(lambda: subprocess.run([sys.executable, "-c", code], check=True), args.repeat)
+        print(f"  {label:<36} {t * 1000:7.1f}ms")
     return 0
 
 
