@@ -302,7 +302,7 @@ def _big_gzip_tar(first: Tar) -> bytes:
                                   "driver-crash", "zstd-truncated"])
 def test_producer_thread_is_joined_on_every_path(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                  case: str) -> None:
-    monkeypatch.setattr(lc, "PREFETCH_THREAD", None)  # the default: a thread for compressed input
+    monkeypatch.setattr(lc, "PREFETCH_THREAD", None)  # the default: a thread for every input
     store = Store(str(env["graph"]), str(env["run"]), driver_name="vfs")
     assert not _producer_threads()
     if case == "ok":

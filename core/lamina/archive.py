@@ -67,6 +67,7 @@ _MAX_SPECIAL = 1 << 20  # largest PAX / GNU long-name payload accepted (Go: maxS
 _MAX_SYMLINK_HOPS = 40
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PARENT_CACHE = 64  # open parent directories kept by the extractor
 
 # tar type flags
 _REG = b"0"
@@ -350,10 +351,13 @@ class _TarReader:
         self.offset += got
         return b"".join(chunks)
 
-    def _read_full(self, n: int, where: str) -> bytes:
+    def _read_full(self, n: int, where: "str | TarHeader") -> bytes:
+        """Exactly *n* bytes; *where* (a text, or the entry being read) names the place in errors."""
         start = self.offset
         data = self._read(n)
         if len(data) != n:
+            if not isinstance(where, str):
+                where = where.where()
             raise ArchiveError(
                 f"{where}: unexpected end of archive at offset {start + len(data)} "
                 f"({n - len(data)} bytes missing)"
@@ -362,7 +366,7 @@ class _TarReader:
 
     def _skip_rest(self) -> None:
         while self._remaining:
-            where = self._current.where() if self._current else f"offset {self.offset}"
+            where = self._current if self._current is not None else f"offset {self.offset}"
             got = len(self._read_full(min(self._remaining, _CHUNK), where))
             self._remaining -= got
 
@@ -379,7 +383,7 @@ class _TarReader:
         n = min(size, data_left)
         if n <= 0:
             return b""
-        data = self._read_full(n, h.where())
+        data = self._read_full(n, h)
         self._remaining -= n
         return data
 
@@ -548,10 +552,20 @@ def chunks_stream(chunks: Iterator[bytes]) -> BinaryIO:
 # ---------------------------------------------------------------------------- paths
 
 
-def _clean_name(raw: str, where: str) -> list[str]:
+def _clean_name(raw: str, where: "str | TarHeader") -> list[str]:
     """Lexically cleaned components of an archive path, relative to the root.
 
-    Raises UnsafeArchive for names that climb above the root or end in ``..``."""
+    Raises UnsafeArchive for names that climb above the root or end in ``..``; *where* (a
+    text, or the entry) names the place in errors."""
+    if "/." not in raw and "//" not in raw and not raw.startswith(".") and "\0" not in raw:
+        # the usual name: nothing to clean
+        parts = raw.split("/")
+        if parts[-1] == "":
+            parts.pop()
+        if "" not in parts:
+            return parts
+    if not isinstance(where, str):
+        where = where.where()
     if "\0" in raw:
         raise ArchiveError(f"{where}: name contains a NUL byte")
     parts = [p for p in raw.split("/") if p not in ("", ".")]
@@ -1165,9 +1179,22 @@ class _Applier:
         self.ancestors: set[str] = set()
         self.dir_times: list[tuple[list[str], int, int]] = []
         self.root_ids = opts.mappings.root_pair()
+        # Open parent directories by archive path (entries come grouped by directory). Dropped,
+        # all but the one in use, whenever anything is removed or replaced: a cached fd must
+        # never stand for a path that now names something else.
+        self._dirs: dict[tuple[str, ...], tuple[int, list[str]]] = {}
 
     def close(self) -> None:
+        self._forget_dirs()
         os.close(self.root_fd)
+
+    def _forget_dirs(self, keep: int = -1) -> None:
+        """Close the cached parent fds, except *keep* (still in use), which stays cached."""
+        kept = {k: v for k, v in self._dirs.items() if v[0] == keep}
+        for fd, _ in self._dirs.values():
+            if fd != keep and fd != self.root_fd:
+                os.close(fd)
+        self._dirs = kept
 
     # -- helpers
 
@@ -1193,7 +1220,19 @@ class _Applier:
         os.chmod(name, mode, dir_fd=dir_fd, follow_symlinks=False)
 
     def _parent(self, comps: list[str]) -> tuple[int, list[str]]:
-        return _open_dir(self.root_fd, comps[:-1], follow=True, create=self._mkdir_parent)
+        """(fd, real path) of the entry's parent directory; the fd is cached: do not close it."""
+        key = tuple(comps[:-1])
+        found = self._dirs.get(key)
+        if found is not None:
+            return found
+        if key:
+            found = _open_dir(self.root_fd, key, follow=True, create=self._mkdir_parent)
+            if len(self._dirs) >= _PARENT_CACHE:
+                self._forget_dirs()
+        else:
+            found = (self.root_fd, [])
+        self._dirs[key] = found
+        return found
 
     def _record(self, real: list[str]) -> None:
         key = "/".join(real)
@@ -1223,7 +1262,7 @@ class _Applier:
         return self.size
 
     def _entry(self, h: TarHeader, reader: _TarReader) -> None:
-        comps = _clean_name(h.name, h.where())
+        comps = _clean_name(h.name, h)
         if comps and comps[0].startswith(WHITEOUT_META_PREFIX) and comps != [WHITEOUT_OPAQUE]:
             _LOG.debug("%s: AUFS metadata skipped", h.where())
             return
@@ -1237,10 +1276,7 @@ class _Applier:
         if h.typeflag in (_CHR, _BLK) and not self.opts.allow_devices:
             raise UnsafeArchive(f"{h.where()}: device nodes are not allowed in this layer")
         pfd, real_parent = self._parent(comps)
-        try:
-            self._create(h, pfd, comps[-1], reader)
-        finally:
-            os.close(pfd)
+        self._create(h, pfd, comps[-1], reader)
         self._record(real_parent + [comps[-1]])
         if h.typeflag == _DIR:
             self.dir_times.append((real_parent + [comps[-1]], *self._times(h)))
@@ -1266,25 +1302,24 @@ class _Applier:
     def _whiteout(self, h: TarHeader, comps: list[str]) -> None:
         base = comps[-1]
         pfd, real_parent = self._parent(comps)
-        try:
-            if base == WHITEOUT_OPAQUE:
-                if self.whiteouts == "overlay":
-                    os.setxattr(pfd, _OVERLAY_OPAQUE_XATTR, b"y")
-                else:
-                    self._clear_opaque(pfd, "/".join(real_parent))
-                return
-            orig = base[len(WHITEOUT_PREFIX) :]
-            if orig in ("", ".", ".."):
-                raise UnsafeArchive(f"{h.where()}: invalid whiteout name {base!r}")
-            _remove_at(pfd, orig)
+        if base == WHITEOUT_OPAQUE:
             if self.whiteouts == "overlay":
-                uid, gid = self._host_ids(h)
-                os.mknod(orig, stat.S_IFCHR | 0, os.makedev(0, 0), dir_fd=pfd)
-                self._chown(
-                    lambda: os.chown(orig, uid, gid, dir_fd=pfd, follow_symlinks=False), orig
-                )
-        finally:
-            os.close(pfd)
+                os.setxattr(pfd, _OVERLAY_OPAQUE_XATTR, b"y")
+            else:
+                self._forget_dirs(keep=pfd)
+                self._clear_opaque(pfd, "/".join(real_parent))
+            return
+        orig = base[len(WHITEOUT_PREFIX) :]
+        if orig in ("", ".", ".."):
+            raise UnsafeArchive(f"{h.where()}: invalid whiteout name {base!r}")
+        self._forget_dirs(keep=pfd)
+        _remove_at(pfd, orig)
+        if self.whiteouts == "overlay":
+            uid, gid = self._host_ids(h)
+            os.mknod(orig, stat.S_IFCHR | 0, os.makedev(0, 0), dir_fd=pfd)
+            self._chown(
+                lambda: os.chown(orig, uid, gid, dir_fd=pfd, follow_symlinks=False), orig
+            )
 
     def _clear_opaque(self, dir_fd: int, prefix: str) -> None:
         """Remove everything below *dir_fd* that this archive did not put there."""
@@ -1312,6 +1347,7 @@ class _Applier:
     def _create(self, h: TarHeader, pfd: int, leaf: str, reader: _TarReader) -> None:
         existing = _lstat_at(pfd, leaf)
         if existing is not None and not (stat.S_ISDIR(existing.st_mode) and h.typeflag == _DIR):
+            self._forget_dirs(keep=pfd)
             _remove_at(pfd, leaf, existing)
         uid, gid = self._host_ids(h)
         t = h.typeflag
