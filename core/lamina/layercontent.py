@@ -82,6 +82,43 @@ def tar_split_path(records: "LayerRecords", layer_id: str) -> str:
 # ---------------------------------------------------------------- reading the input
 
 
+class _Hashes:
+    """Feeds hash objects, in the order given, inline or (after :meth:`start`) in a thread of its
+    own, so that hashing (hashlib releases the GIL) runs beside decompression and extraction."""
+
+    def __init__(self) -> None:
+        self._queue: "queue.Queue[tuple[Any, bytes] | None]" = queue.Queue(maxsize=_PREFETCH * 4)
+        self._thread: threading.Thread | None = None
+        self._discard = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lamina-layer-input-hash", daemon=True)
+        self._thread.start()
+
+    def update(self, hash_: Any, data: bytes) -> None:
+        if self._thread is None:
+            hash_.update(data)
+        else:
+            self._queue.put((hash_, data))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if not self._discard:
+                item[0].update(item[1])
+
+    def close(self, discard: bool) -> None:
+        """Finish every update given (or, with *discard*, drop what is still queued) and stop."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._discard = discard
+        self._queue.put(None)
+        thread.join()
+
+
 class _RawTap(io.RawIOBase):
     """The caller's stream as handed in: every byte read is hashed and counted.
 
@@ -91,6 +128,7 @@ class _RawTap(io.RawIOBase):
     def __init__(self, inner: BinaryIO) -> None:
         super().__init__()
         self._inner = inner
+        self.hashes = _Hashes()
         self.hash = hashlib.sha256()
         self.size = 0
         self.eof = False
@@ -110,9 +148,10 @@ class _RawTap(io.RawIOBase):
         if not data:
             self.eof = True
             return b""
-        self.hash.update(data)
+        data = bytes(data)
+        self.hashes.update(self.hash, data)
         self.size += len(data)
-        return bytes(data)
+        return data
 
     def readable(self) -> bool:
         return True
@@ -298,7 +337,7 @@ class _LayerInput(_ChunkedReader):
             self.tap.drain()  # what follows the compressed stream counts too
             return None
         if self._hash is not None:
-            self._hash.update(data)
+            self.tap.hashes.update(self._hash, data)
         self.size += len(data)
         return data
 
@@ -358,6 +397,7 @@ class _LayerInput(_ChunkedReader):
             else:
                 if self._thread is None:
                     self._read_size = _THREAD_FIRST_CHUNK
+                    self.tap.hashes.start()
                     self._thread = threading.Thread(target=self._produce, name="lamina-layer-input",
                                                     daemon=True)
                     self._thread.start()
@@ -399,6 +439,8 @@ class _LayerInput(_ChunkedReader):
                     thread.join(0.05)
         if self.source is not self.tap:
             self.source.close()
+        # the digests are read after close: complete them when the whole input was read
+        self.tap.hashes.close(discard=not self._eof)
         super().close()
 
 
