@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Generator, Iterable, Iterator
 
 from lamina.errors import ArchiveError, UnsafeArchive
+from lamina.tarsplit import block_sum
 from lamina.types import ApplyDiffOpts, Change, ChangeKind, IDMappings
 
 __all__ = [
@@ -456,7 +457,7 @@ class _TarReader:
     @staticmethod
     def _check_sum(block: bytes, where: str) -> None:
         stored = _parse_number(block[148:156], "checksum", where)
-        unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+        unsigned = block_sum(block) - sum(block[148:156]) + 8 * 0x20
         if stored == unsigned:
             return
         # signed sum (old writers): only worth counting the high bytes when the unsigned one fails
@@ -1237,8 +1238,10 @@ class _Applier:
     def _record(self, real: list[str]) -> None:
         key = "/".join(real)
         self.unpacked.add(key)
-        for i in range(1, len(real)):
-            self.ancestors.add("/".join(real[:i]))
+        parent = key.rpartition("/")[0]
+        while parent and parent not in self.ancestors:  # (usually known already: one lookup)
+            self.ancestors.add(parent)
+            parent = parent.rpartition("/")[0]
 
     # -- main loop
 
