@@ -581,6 +581,19 @@ def test_whiteouts_overlay(tmp_path: Path) -> None:
     assert (dst / "d/old").exists()  # overlay hides it at mount time; nothing deleted here
 
 
+def test_parent_seen_through_a_removed_symlink_is_looked_up_again(tmp_path: Path) -> None:
+    # The extractor keeps parent directories open between entries: once the symlink "a" that
+    # led to "x" is whited out (or replaced by a directory), "a/f2" must land in a new "a".
+    for how in ("whiteout", "replaced"):
+        dst = tmp_path / how
+        dst.mkdir()
+        tar = TarBuilder().dir("x").symlink("a", "x").file("a/f1", b"1")
+        tar = tar.file(".wh.a") if how == "whiteout" else tar.dir("a")
+        apply_bytes(dst, tar.file("a/f2", b"2").bytes())
+        assert (dst / "x/f1").read_bytes() == b"1" and not (dst / "x/f2").exists()
+        assert (dst / "a").is_dir() and not (dst / "a").is_symlink() and (dst / "a/f2").read_bytes() == b"2"
+
+
 def test_whiteouts_bad_mode_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         apply_bytes(tmp_path, b"", whiteouts="aufs")

@@ -1220,6 +1220,12 @@ class _Applier:
         self._chown(lambda: os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False), name)
         os.chmod(name, mode, dir_fd=dir_fd, follow_symlinks=False)
 
+    def _removing(self, pfd: int, st: os.stat_result) -> None:
+        """About to remove something below *pfd*: a directory or a symlink may be on the path of
+        a cached parent, so those are dropped (other files cannot be)."""
+        if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+            self._forget_dirs(keep=pfd)
+
     def _parent(self, comps: list[str]) -> tuple[int, list[str]]:
         """(fd, real path) of the entry's parent directory; the fd is cached: do not close it."""
         key = tuple(comps[:-1])
@@ -1315,8 +1321,10 @@ class _Applier:
         orig = base[len(WHITEOUT_PREFIX) :]
         if orig in ("", ".", ".."):
             raise UnsafeArchive(f"{h.where()}: invalid whiteout name {base!r}")
-        self._forget_dirs(keep=pfd)
-        _remove_at(pfd, orig)
+        existing = _lstat_at(pfd, orig)
+        if existing is not None:
+            self._removing(pfd, existing)
+            _remove_at(pfd, orig, existing)
         if self.whiteouts == "overlay":
             uid, gid = self._host_ids(h)
             os.mknod(orig, stat.S_IFCHR | 0, os.makedev(0, 0), dir_fd=pfd)
@@ -1350,7 +1358,7 @@ class _Applier:
     def _create(self, h: TarHeader, pfd: int, leaf: str, reader: _TarReader) -> None:
         existing = _lstat_at(pfd, leaf)
         if existing is not None and not (stat.S_ISDIR(existing.st_mode) and h.typeflag == _DIR):
-            self._forget_dirs(keep=pfd)
+            self._removing(pfd, existing)
             _remove_at(pfd, leaf, existing)
         uid, gid = self._host_ids(h)
         t = h.typeflag
