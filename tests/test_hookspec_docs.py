@@ -27,7 +27,7 @@ def test_every_hook_is_exercised_by_some_test() -> None:
     proxy_methods = {f"driver_{m}" for m in ("create", "remove", "get", "put", "exists", "status", "metadata",
                                              "cleanup", "additional_image_stores", "read_write_disk_usage",
                                              "diff", "changes", "apply_diff", "diff_size", "diff_getter",
-                                             "update_layer_id_map", "supports_shifting")}
+                                             "update_layer_id_map", "supports_shifting", "create_from_template")}
     assert set(n for n in HOOKS if n.startswith("driver_")) == proxy_methods, "DriverProxy and the specs diverge"
     sources = "\n".join(p.read_text() for p in list((ROOT / "tests").rglob("*.py")) +
                         list((ROOT / "core" / "lamina" / "testing").rglob("*.py")) +

@@ -27,6 +27,7 @@ from lamina.errors import (
 )
 from lamina.store import Store
 from lamina.testing import BASE_TAR_ENTRIES, make_tar
+from lamina.types import IDMap, IDMappings
 
 GO = shutil.which("containers-storage")
 needs_go = pytest.mark.skipif(GO is None, reason="Go containers-storage (Debian package) not installed")
@@ -246,6 +247,32 @@ def test_saving_after_another_writers_formatting(store: Store, roots: tuple[str,
     other.create_layer(names=["b"])
     assert [l["names"] for l in read_json(path)] == [["a"], ["b"]]
     assert [l.names for l in Store(*roots, driver_name="vfs").layers()] == [["a"], ["b"]]
+
+
+def test_containers_with_id_maps_go_on_a_mapped_copy_of_the_top_layer(store: Store, roots: tuple[str, str]) -> None:
+    maps = IDMappings((IDMap(0, 100000, 65536),), (IDMap(0, 100000, 65536),))
+    top = store.create_layer(diff=io.BytesIO(make_tar(BASE_TAR_ENTRIES)), writeable=False)
+    store.create_image(names=["img"], top_layer=top.id)
+    first = store.create_container(image="img", id_mappings=maps)
+    second = store.create_container(image="img", id_mappings=maps)
+    plain = store.create_container(image="img")
+    image = store.image("img")
+    assert len(image.mapped_top_layers) == 1, "one copy per mapping, reused"
+    mapped = store.layer(image.mapped_top_layers[0])
+    assert store.layer(first.layer).parent == store.layer(second.layer).parent == mapped.id
+    assert store.layer(plain.layer).parent == top.id
+    assert (mapped.uidmap, mapped.gidmap) == (maps.uid_map, maps.gid_map) and not mapped.parent
+    assert (mapped.uncompressed_digest, mapped.uncompressed_size, mapped.uidset) == (
+        top.uncompressed_digest, top.uncompressed_size, top.uidset)
+    with store.diff(None, mapped.id) as got, store.diff(None, top.id) as want:
+        assert got.read() == want.read(), "the copy's tar-split rebuilds the same diff"
+    hello = os.path.join("etc", "hello.txt")
+    assert os.stat(os.path.join(roots[0], "vfs", "dir", mapped.id, hello)).st_uid == 100000
+    assert os.stat(os.path.join(roots[0], "vfs", "dir", top.id, hello)).st_uid == 0
+    for ctr in (first, second, plain):
+        store.delete_container(ctr.id)
+    store.delete_image("img")
+    assert [l.id for l in store.layers()] == []
 
 
 def test_other_object_sees_changes(store: Store, roots: tuple[str, str]) -> None:

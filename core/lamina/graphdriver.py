@@ -97,6 +97,12 @@ class DriverProxy:
     def update_layer_id_map(self, id: str, to_container: IDMappings, to_host: IDMappings, mount_label: str = "") -> None:
         self._hook.driver_update_layer_id_map(id=id, to_container=to_container, to_host=to_host, mount_label=mount_label)
 
+    def create_from_template(self, id: str, template: str, template_mappings: IDMappings, parent: str | None,
+                             parent_mappings: IDMappings, opts: CreateOpts, *, read_write: bool) -> None:
+        self._hook.driver_create_from_template(
+            id=id, template=template, template_mappings=template_mappings, parent=parent,
+            parent_mappings=parent_mappings, opts=opts, read_write=read_write)
+
     def supports_shifting(self) -> bool:
         return bool(self._hook.driver_supports_shifting())
 

@@ -10,7 +10,8 @@ Rules for every ``driver_*`` hook:
 * They are ``firstresult``: the first non-None answer wins. Exactly one driver answers them;
   extra plugins may only wrap them (``@hookimpl(wrapper=True)``).
 * For the diff family (``driver_diff``, ``driver_changes``, ``driver_apply_diff``,
-  ``driver_diff_size``) and ``driver_update_layer_id_map``, returning ``None`` means
+  ``driver_diff_size``), ``driver_create_from_template`` and ``driver_update_layer_id_map``,
+  returning ``None`` means
   "let the core's naive implementation do it": the core registers that fallback with
   ``trylast=True``, built on ``driver_get``/``driver_put`` and a two-tree walk.
 * Hooks are called with keyword arguments only; parameters have no defaults.
@@ -176,6 +177,25 @@ def driver_update_layer_id_map(
     """Re-own layer *id*'s files from the *to_container* host IDs to the *to_host* host IDs.
 
     Return True when done; None lets the core walk the tree and ``lchown`` every entry.
+    """
+
+
+@hookspec(firstresult=True)
+def driver_create_from_template(
+    id: str,
+    template: str,
+    template_mappings: IDMappings,
+    parent: str | None,
+    parent_mappings: IDMappings,
+    opts: CreateOpts,
+    read_write: bool,
+) -> bool | None:
+    """Create layer *id* as a copy of layer *template*: a child of *parent* (the template's
+    parent) whose tree is the template's, owned as *template_mappings* has it (Go's
+    CreateFromTemplate; the store then re-owns it to ``opts.id_mappings`` with
+    ``driver_update_layer_id_map``). Used for the ID-mapped copies of image top layers.
+
+    Return True; None lets the core create *id* on *parent* and apply the template's diff.
     """
 
 

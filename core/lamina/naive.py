@@ -10,7 +10,7 @@ import stat
 from typing import TYPE_CHECKING, BinaryIO
 
 from .hookspecs import hookimpl
-from .types import ApplyDiffOpts, Change, IDMappings, MountOpts
+from .types import ApplyDiffOpts, Change, CreateOpts, IDMappings, MountOpts
 
 if TYPE_CHECKING:
     from .graphdriver import DriverProxy
@@ -142,6 +142,24 @@ class CoreFallbacks:
             return archive.apply_tar(layer_fs, opts.diff, opts, whiteouts="delete")
         finally:
             self.driver.put(id)
+
+    @hookimpl(trylast=True)
+    def driver_create_from_template(self, id: str, template: str, template_mappings: IDMappings,
+                                    parent: str | None, parent_mappings: IDMappings, opts: CreateOpts,
+                                    read_write: bool) -> bool:
+        """Go's NaiveCreateFromTemplate: *id* on *parent*, then the template's diff applied to it."""
+        self.driver.create(id, parent, opts, read_write=read_write)
+        try:
+            diff = self.driver.diff(template, parent, template_mappings, parent_mappings, opts.mount_label)
+            try:
+                self.driver.apply_diff(id, parent, ApplyDiffOpts(diff=diff, mappings=template_mappings,
+                                                                 mount_label=opts.mount_label))
+            finally:
+                diff.close()
+        except BaseException:
+            self.driver.remove(id)
+            raise
+        return True
 
     # -- ID maps (Go's NaiveLayerIDMapUpdater)
 

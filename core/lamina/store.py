@@ -26,6 +26,7 @@ from .errors import (
     LayerUsedByImage,
     StoreIsReadOnly,
 )
+from .atomicio import write_file_atomic
 from .fsutil import remove_tree
 from .graphdriver import DriverProxy, build_driver
 from .lockfile import LockFile
@@ -47,6 +48,12 @@ if TYPE_CHECKING:
     from .config import StoreOptions
 
 DigestFunc = Callable[[bytes], str]
+
+
+def _contiguous(maps: tuple[IDMap, ...]) -> bool:
+    """Whether ID map ranges follow one another on both sides (Go's idtools.IsContiguous)."""
+    return all(b.container_id == a.container_id + a.size and b.host_id == a.host_id + a.size
+               for a, b in zip(maps, maps[1:]))
 
 
 def sha256_digest(data: bytes) -> str:
@@ -91,7 +98,7 @@ class Store:
         for sub in ("mounts", "tmp"):  # 1.43 creates both on every open
             os.makedirs(os.path.join(self.graph_root, sub), mode=0o700, exist_ok=True)
         self.graph_lock = LockFile.get(os.path.join(self.graph_root, "storage.lock"))
-        LockFile.get(os.path.join(self.graph_root, "userns.lock"))
+        self.userns_lock = LockFile.get(os.path.join(self.graph_root, "userns.lock"))
         with self.graph_lock.locked():
             name = driver_name or drivers.choose_driver(self.graph_root, tuple(driver_priority))
             config = DriverConfig(
@@ -323,8 +330,16 @@ class Store:
         diff: BinaryIO | None = None,
         container_layer: bool = False,
         storage_opt: dict[str, str] | None = None,
+        template: Layer | None = None,
     ) -> Layer:
+        """Create a layer record and its driver data (layers write-locked).
+
+        With *template* the new layer is a copy of that layer (same parent, contents, digests
+        and tar-split) re-owned to *id_mappings*: Go's TemplateLayer, for ID-mapped top layers.
+        """
         records = self.layer_store
+        if template is not None:
+            parent = template.parent or None
         parent_layer = self._layer(parent) if parent else None
         if id is None:
             id = records.unused_id()
@@ -353,10 +368,17 @@ class Store:
             raise
         try:
             opts = CreateOpts(mount_label=mount_label, storage_opt=dict(storage_opt or {}), id_mappings=maps)
-            self.driver.create(id, layer.parent or None, opts, read_write=writeable)
             parent_maps = IDMappings(parent_layer.uidmap, parent_layer.gidmap) if parent_layer else IDMappings()
-            if parent_layer is not None and parent_maps != maps:
-                self.driver.update_layer_id_map(id, parent_maps, maps, mount_label)
+            if template is not None:
+                old_maps: IDMappings | None = IDMappings(template.uidmap, template.gidmap)
+                self.driver.create_from_template(id, template.id, old_maps, layer.parent or None, parent_maps, opts,
+                                                 read_write=writeable)
+                self._copy_template_content(template, layer)
+            else:
+                self.driver.create(id, layer.parent or None, opts, read_write=writeable)
+                old_maps = parent_maps if parent_layer is not None else None
+            if old_maps is not None and old_maps != maps:
+                self.driver.update_layer_id_map(id, old_maps, maps, mount_label)
             if diff is not None:
                 from .layercontent import apply_diff_locked
 
@@ -382,6 +404,65 @@ class Store:
                                             diff_digest=layer.uncompressed_digest, size=size)
         self._events.store_layer_created(store_root=self.graph_root, layer_id=id, parent=layer.parent or None)
         return layer
+
+    def _copy_template_content(self, template: Layer, layer: Layer) -> None:
+        """What describes the template's contents (digests, sizes, owners, tar-split) onto its copy."""
+        layer.compressed_digest, layer.compressed_size = template.compressed_digest, template.compressed_size
+        layer.uncompressed_digest, layer.uncompressed_size = template.uncompressed_digest, template.uncompressed_size
+        layer.compression = template.compression
+        layer.uidset, layer.gidset = list(template.uidset), list(template.gidset)
+        from .layercontent import tar_split_path
+
+        try:
+            with open(tar_split_path(self.layer_store, template.id), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return
+        write_file_atomic(tar_split_path(self.layer_store, layer.id), data, 0o600)
+
+    def _top_layer_for_mapping(self, img: Image, maps: IDMappings) -> Layer:
+        """The layer a container of *img* with *maps* goes on (Go's imageTopLayerForMapping).
+
+        The top layer or one of the image's mapped top layers when its ID maps are *maps* (any
+        unmapped one when the driver can shift IDs at mount time); otherwise a new ID-mapped
+        copy of the top layer, recorded in the image's ``mapped-layers`` (or, when the image or
+        the layer is in a read-only store, the top layer itself: the container layer is then
+        re-owned on its own). Needs layers and images write-locked.
+        """
+        shifting = self.driver.supports_shifting() and _contiguous(maps.uid_map) and _contiguous(maps.gid_map)
+
+        def matches(layer: Layer) -> bool:
+            if shifting and not layer.uidmap and not layer.gidmap:
+                return True
+            return layer.uidmap == maps.uid_map and layer.gidmap == maps.gid_map
+
+        first: Layer | None = None
+        first_writable = False
+        for candidate in [img.top_layer, *img.mapped_top_layers]:
+            found = self._find_layer(candidate)
+            if found is None:
+                continue
+            layer, store = found
+            if layer.parent and self._find_layer(layer.parent) is None:
+                continue
+            if matches(layer):
+                return layer
+            if first is None:
+                first, first_writable = layer, store is self.layer_store
+        if first is None:
+            raise LayerUnknown(img.top_layer)
+        if img.read_only or not first_writable:
+            return first
+        copy_maps = IDMappings() if shifting else maps
+        mapped = self._create_layer_locked(None, None, (), first.mount_label, False, copy_maps, template=first)
+        try:
+            img.mapped_top_layers = [*img.mapped_top_layers, mapped.id]
+            self.image_store.save()
+        except BaseException:
+            img.mapped_top_layers = [x for x in img.mapped_top_layers if x != mapped.id]
+            self._delete_layer_locked(mapped)
+            raise
+        return mapped
 
     def create_layer(
         self,
@@ -579,8 +660,16 @@ class Store:
         id_mappings: IDMappings | None = None,
         storage_opt: dict[str, str] | None = None,
     ) -> Container:
-        """Create a container: a writable layer on *image*'s top layer (or a base layer without image)."""
-        with self._access(layers="w", images="r", containers="w"):
+        """Create a container: a writable layer on *image*'s top layer (or a base layer without image).
+
+        With ID maps other than the top layer's, the layer goes on an ID-mapped copy of the top
+        layer, made once per mapping and recorded in the image's ``mapped-layers`` (as Go does).
+        """
+        maps_given = id_mappings is not None and bool(id_mappings.uid_map or id_mappings.gid_map)
+        with contextlib.ExitStack() as locks:
+            if maps_given:  # Go serialises containers with ID maps on userns.lock
+                locks.enter_context(self.userns_lock.locked())
+            locks.enter_context(self._access(layers="w", images="w" if image else "", containers="w"))
             store = self.container_store
             img = self._image(image) if image else None
             if id is None:
@@ -588,13 +677,15 @@ class Store:
             names = dedupe(list(names))
             store.check_new(id, names)
             layer_id = self.layer_store.unused_id()
+            maps = id_mappings if id_mappings is not None else self.id_mappings
             from .check import intent
 
             # layer and container record are two writes: an intent lets the next open drop the layer
             # if the process dies before the container is recorded
             with intent(self, "create-container", id=id, layer=layer_id):
+                top = self._top_layer_for_mapping(img, maps).id if img and img.top_layer else None
                 layer = self._create_layer_locked(
-                    layer_id, img.top_layer if img and img.top_layer else None, (), mount_label, True,
+                    layer_id, top, (), mount_label, True,
                     id_mappings, container_layer=True, storage_opt=storage_opt,
                 )
                 flags: dict[str, Any] = {"MountLabel": mount_label, "ProcessLabel": ""}

@@ -444,6 +444,19 @@ class DriverConformance:
         assert snap["dir1/a.txt"][2:4] == (101000, 101001)
         assert snap["dir1/suid"][1] == 0o4755, "set-id bit lost by re-owning"
 
+    def test_create_from_template_copies_the_tree(self, driver: DriverProxy) -> None:
+        driver.create("tbase", None)
+        self._apply(driver, "tbase", None, BASE_TAR_ENTRIES)
+        driver.create("tchild", "tbase")
+        self._apply(driver, "tchild", "tbase", CHILD_TAR_ENTRIES)
+        driver.create_from_template("tcopy", "tchild", IDMappings(), "tbase", IDMappings(), CreateOpts(),
+                                    read_write=False)
+        assert self._snapshot(driver, "tcopy") == self._snapshot(driver, "tchild")
+        self._apply(driver, "tchild", "tbase", [("file", "added-later.txt", {"data": b"x"})])
+        assert "added-later.txt" not in self._snapshot(driver, "tcopy"), "the copy shares the template's files"
+        driver.remove("tcopy")
+        assert not driver.exists("tcopy") and driver.exists("tchild")
+
     # -- optional hooks (answered by the driver or by the core's fallbacks)
 
     def test_read_write_disk_usage(self, driver: DriverProxy) -> None:

@@ -19,7 +19,7 @@ from typing import Iterator
 from lamina.errors import DriverNotSupported, DuplicateID, InvalidOption, LayerUnknown
 from lamina.fsutil import remove_tree
 from lamina.hookspecs import hookimpl
-from lamina.types import CreateOpts, DriverConfig, MountOpts
+from lamina.types import CreateOpts, DriverConfig, IDMappings, MountOpts
 
 from . import host, ioctl
 
@@ -300,6 +300,13 @@ class Driver:
                 _LOG.warning("btrfs: could not remove half-created layer %s: %s", id, cleanup)
             raise
         return True
+
+    @hookimpl
+    def driver_create_from_template(self, id: str, template: str, template_mappings: IDMappings,
+                                    parent: str | None, parent_mappings: IDMappings, opts: CreateOpts,
+                                    read_write: bool) -> bool:
+        # A snapshot of the template is its copy (as Go's btrfs driver makes it).
+        return self.driver_create(id, template, opts, read_write)
 
     @hookimpl
     def driver_remove(self, id: str) -> bool:

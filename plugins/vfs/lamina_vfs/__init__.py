@@ -11,7 +11,7 @@ import os
 from lamina.errors import DuplicateID, InvalidOption, LayerUnknown
 from lamina.fsutil import remove_tree
 from lamina.hookspecs import hookimpl
-from lamina.types import CreateOpts, DriverConfig, MountOpts
+from lamina.types import CreateOpts, DriverConfig, IDMappings, MountOpts
 
 __all__ = ["Driver"]
 
@@ -113,6 +113,13 @@ class Driver:
             remove_tree(staging)
             raise
         return True
+
+    @hookimpl
+    def driver_create_from_template(self, id: str, template: str, template_mappings: IDMappings,
+                                    parent: str | None, parent_mappings: IDMappings, opts: CreateOpts,
+                                    read_write: bool) -> bool:
+        # A vfs layer is a full tree: a copy of the template's is the template (as Go's vfs does).
+        return self.driver_create(id, template, opts, read_write)
 
     @hookimpl
     def driver_remove(self, id: str) -> bool:
