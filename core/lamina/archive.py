@@ -21,6 +21,7 @@ Security model of :func:`apply_tar` (layers are untrusted input):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import io
@@ -1355,16 +1356,25 @@ class _Applier:
             for fd, _ in stack:
                 os.close(fd)
 
-    def _create(self, h: TarHeader, pfd: int, leaf: str, reader: _TarReader) -> None:
+    def _replace(self, pfd: int, leaf: str, keep_dir: bool = False) -> None:
+        """Remove what is at *leaf* (nothing is fine), except a directory when *keep_dir*."""
         existing = _lstat_at(pfd, leaf)
-        if existing is not None and not (stat.S_ISDIR(existing.st_mode) and h.typeflag == _DIR):
+        if existing is not None and not (keep_dir and stat.S_ISDIR(existing.st_mode)):
             self._removing(pfd, existing)
             _remove_at(pfd, leaf, existing)
+
+    def _create(self, h: TarHeader, pfd: int, leaf: str, reader: _TarReader) -> None:
         uid, gid = self._host_ids(h)
         t = h.typeflag
+        # Directories and regular files (most entries) are created first and only on EEXIST is
+        # the old entry looked at and replaced; other kinds replace whatever is there first.
         if t == _DIR:
-            if existing is None or not stat.S_ISDIR(existing.st_mode):
+            try:
                 os.mkdir(leaf, 0o700, dir_fd=pfd)
+            except FileExistsError:
+                self._replace(pfd, leaf, keep_dir=True)  # an existing directory is kept as it is
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(leaf, 0o700, dir_fd=pfd)
             fd = os.open(leaf, _DIR_FLAGS, dir_fd=pfd)
             try:
                 self._fd_meta(h, fd, uid, gid, leaf)
@@ -1372,7 +1382,11 @@ class _Applier:
                 os.close(fd)
         elif t == _REG:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(leaf, flags, 0o600, dir_fd=pfd)
+            try:
+                fd = os.open(leaf, flags, 0o600, dir_fd=pfd)
+            except FileExistsError:
+                self._replace(pfd, leaf)
+                fd = os.open(leaf, flags, 0o600, dir_fd=pfd)
             try:
                 while True:
                     chunk = reader.read_data(_CHUNK)
@@ -1385,15 +1399,18 @@ class _Applier:
             finally:
                 os.close(fd)
         elif t == _SYM:
+            self._replace(pfd, leaf)
             os.symlink(h.linkname, leaf, dir_fd=pfd)
             self._path_meta(h, pfd, leaf, uid, gid, is_symlink=True)
         elif t == _LNK:
+            self._replace(pfd, leaf)
             self._hardlink(h, pfd, leaf)
             st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
             self._path_meta(h, pfd, leaf, uid, gid, is_symlink=stat.S_ISLNK(st.st_mode))
         elif t in (_CHR, _BLK, _FIFO):
             kind = {_CHR: stat.S_IFCHR, _BLK: stat.S_IFBLK, _FIFO: stat.S_IFIFO}[t]
             dev = os.makedev(h.devmajor, h.devminor) if t != _FIFO else 0
+            self._replace(pfd, leaf)
             os.mknod(leaf, kind | 0o600, dev, dir_fd=pfd)
             self._path_meta(h, pfd, leaf, uid, gid, is_symlink=False)
         else:
