@@ -467,3 +467,19 @@ def test_tree_files_never_leave_the_layer(tmp_path: Path) -> None:
                 opener(name).read()
     finally:
         opener.close()
+
+
+def test_gzip_output_is_one_member_deflated_in_threads() -> None:
+    import threading
+    import zlib
+
+    data = b"".join(os.urandom(1 << 16) + bytes(1 << 16) for _ in range(40))  # 5 MiB, half compressible
+    chunks = [data[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+    before = set(threading.enumerate())
+    out = b"".join(lc.compress_chunks(iter(chunks), lc.GZIP))
+    d = zlib.decompressobj(31)
+    assert d.decompress(out) == data and d.eof and not d.unused_data, "not exactly one gzip member"
+    stream = lc.compress_chunks(iter(chunks), lc.GZIP)
+    next(stream)
+    stream.close()  # a reader that stops early: the compressing threads are still joined
+    assert set(threading.enumerate()) <= before

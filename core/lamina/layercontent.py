@@ -586,10 +586,66 @@ def _compressor(kind: int) -> Any:
     raise ValueError(f"unsupported compression {kind!r}")
 
 
+class _CollectedOutput:
+    """A file-like sink (written from any thread) whose bytes are taken out in order."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> int:
+        with self._lock:
+            self._parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing is buffered here."""
+
+    def take(self) -> list[bytes]:
+        with self._lock:
+            parts, self._parts = self._parts, []
+        return parts
+
+
+def _gzip_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _gzip_in_threads(chunks: Iterable[bytes], threads: int) -> Iterator[bytes] | None:
+    """*chunks* as one gzip member deflated in *threads* threads (isal's pigz-like writer, as Go
+    uses pgzip), or None when isal is not installed."""
+    try:
+        from isal import igzip_threaded
+    except ImportError:
+        return None
+
+    def run() -> Iterator[bytes]:
+        sink = _CollectedOutput()
+        writer = igzip_threaded.open(sink, "wb", compresslevel=2, threads=threads)
+        try:
+            for data in chunks:
+                writer.write(data)
+                yield from sink.take()
+            writer.close()
+            yield from sink.take()
+        finally:
+            writer.close()  # (after an early stop too: its threads are joined)
+
+    return run()
+
+
 def compress_chunks(chunks: Iterable[bytes], kind: int) -> Iterator[bytes]:
     """*chunks* compressed with *kind* (UNCOMPRESSED passes them through)."""
     if kind == UNCOMPRESSED:
         yield from chunks
+        return
+    threads = _gzip_threads() if kind == GZIP else 1
+    parallel = _gzip_in_threads(chunks, threads) if threads > 1 else None
+    if parallel is not None:
+        yield from parallel
         return
     compressor = _compressor(kind)
     for data in chunks:
