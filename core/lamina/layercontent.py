@@ -607,11 +607,16 @@ class _CollectedOutput:
         return parts
 
 
+_MAX_GZIP_THREADS = 8  # beyond this the single reader of the output is the limit
+
+
 def _gzip_threads() -> int:
+    """Threads to deflate a gzip diff with: the CPUs this process may run on, at most 8."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return min(cpus, _MAX_GZIP_THREADS)
 
 
 def _gzip_in_threads(chunks: Iterable[bytes], threads: int) -> Iterator[bytes] | None:
