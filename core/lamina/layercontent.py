@@ -283,9 +283,10 @@ class _ChunkedReader(io.RawIOBase):
 class _LayerInput(_ChunkedReader):
     """The uncompressed tar handed to the driver; reading it hashes, counts and splits it.
 
-    A producer thread (see :data:`PREFETCH_THREAD`) reads the caller's
-    stream, decompresses and hashes a chunk at a time, up to :data:`_PREFETCH` chunks ahead of
-    the reader, so that this work (outside the GIL) overlaps with the extraction; the reader
+    A producer thread (see :data:`PREFETCH_THREAD`) reads the caller's stream and decompresses
+    it a chunk at a time, up to :data:`_PREFETCH` chunks ahead of the reader, and a second thread
+    (:class:`_Hashes`) hashes both streams, so that this work (outside the GIL) overlaps with the
+    extraction; the reader
     tar-splits each chunk as it takes it (Python code: it would only contend for the GIL in the
     producer). A chunk is handed out only after the splitter accepted it; a corrupt archive
     raises :class:`~lamina.tarsplit.TarFormatError` (or ArchiveError for broken compression)
@@ -379,7 +380,7 @@ class _LayerInput(_ChunkedReader):
             + (f" (after entry {last!r})" if last else "") + f": {exc or type(exc).__name__}")
 
     def _use_thread(self) -> bool:
-        return PREFETCH_THREAD is None or bool(PREFETCH_THREAD)
+        return PREFETCH_THREAD is not False
 
     # -- the reader side
 

@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
 from . import drivers
+from .atomicio import write_file_atomic
 from .errors import (
     ContainerUnknown,
     DuplicateID,
@@ -26,7 +27,6 @@ from .errors import (
     LayerUsedByImage,
     StoreIsReadOnly,
 )
-from .atomicio import write_file_atomic
 from .fsutil import remove_tree
 from .graphdriver import DriverProxy, build_driver
 from .lockfile import LockFile
