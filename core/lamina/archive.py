@@ -1184,8 +1184,8 @@ class _Applier:
         #: Owners and modes are set as the archive says, failures are errors: no special cases.
         self._plain_meta = opts.force_mask is None and not opts.ignore_chown_errors
         # Open parent directories by archive path (entries come grouped by directory). Dropped,
-        # all but the one in use, whenever anything is removed or replaced: a cached fd must
-        # never stand for a path that now names something else.
+        # all but the one in use, whenever a directory or symlink is removed or replaced (see
+        # _removing): a cached fd must never stand for a path that now names something else.
         self._dirs: dict[tuple[str, ...], tuple[int, list[str]]] = {}
 
     def close(self) -> None:
