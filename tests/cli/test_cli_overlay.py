@@ -236,11 +236,6 @@ def _container_with_writes(otools, inputs, h):
         os.utime(whiteout.parent, (1_700_000_000, 1_700_000_000))
 
 
-def _same_members(g, l):
-    assert g.rc == l.rc == 0, (g, l)
-    assert _members(g.raw_out) == _members(l.raw_out)
-
-
 def test_overlay_container_writes_and_diffs(otools, inputs, h):
     """Writes into a mounted container's merged dir show up alike in changes/diffsize/diff."""
     go, la = otools
