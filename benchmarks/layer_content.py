@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Layer-content benchmark: lamina's ApplyDiff/Diff against containers-storage 1.43 and GNU tar, on vfs.
+"""Layer-content benchmark: lamina's ApplyDiff/Diff against containers-storage 1.43 and GNU tar,
+on vfs (default), overlay or btrfs (``--driver``).
 
 Corpus (tars cached under /var/tmp/lamina-bench, so re-runs are fast):
 
@@ -9,13 +10,13 @@ Corpus (tars cached under /var/tmp/lamina-bench, so re-runs are fast):
 * ``big``: incompressible files, ``--big-mib`` MiB in all (default 64; ``--full`` for 512);
 * ``child``: a layer on top of ``python`` with whiteouts, an opaque directory and new files;
 
-each as an uncompressed and a gzip variant. Everything is written to a loop-mounted ext4 whose image
-lives in /dev/shm (RAM), or to a tmpfs if loop devices are not available, so the disk's noise stays
-out. Every timing is the median of ``--runs`` runs measured in this same run, and ratios compare
+each as an uncompressed and a gzip variant. Everything is written to a loop-mounted ext4 (btrfs for
+the btrfs driver) whose image lives in /dev/shm (RAM), or to a tmpfs if loop devices are not
+available, so the disk's noise stays out. Every timing is the median of ``--runs`` runs measured in this same run, and ratios compare
 lamina (the Python API, and the ``lamina`` CLI when installed) with ``containers-storage
 applydiff``/``diff`` and with ``tar -x``/``tar -c``. Needs root (mounts, chown).
 
-    .venv/bin/python benchmarks/layer_content.py [--full] [--runs 3] [--corpus python,big]
+    .venv/bin/python benchmarks/layer_content.py [--driver overlay] [--full] [--runs 3] [--corpus python,big]
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from lamina.store import Store
 
 CACHE = "/var/tmp/lamina-bench"
 GO = shutil.which("containers-storage")
@@ -47,9 +51,10 @@ LAMINA_CLI = os.path.join(os.path.dirname(sys.executable), "lamina")
 
 
 class Workspace:
-    """A scratch filesystem: loop-mounted ext4 on a RAM-backed image, else tmpfs, else a plain dir."""
+    """A scratch filesystem: a loop-mounted *fs* (ext4, or btrfs for that driver) on a RAM-backed
+    image, else tmpfs, else a plain dir."""
 
-    def __init__(self, size_mib: int) -> None:
+    def __init__(self, size_mib: int, fs: str = "ext4") -> None:
         self.root = tempfile.mkdtemp(prefix="lamina-bench-")
         self.image = ""
         self.kind = "plain directory"
@@ -58,12 +63,15 @@ class Workspace:
         try:
             with open(image, "wb") as f:
                 f.truncate(size_mib << 20)
-            subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True, capture_output=True)
+            mkfs = ["mkfs.btrfs", "-q", "-f", image] if fs == "btrfs" else ["mkfs.ext4", "-q", "-F", image]
+            subprocess.run(mkfs, check=True, capture_output=True)
             subprocess.run(["mount", "-o", "loop", image, self.root], check=True, capture_output=True)
-            self.image, self.kind = image, f"ext4 on a loop device ({image_dir} image)"
+            self.image, self.kind = image, f"{fs} on a loop device ({image_dir} image)"
         except (OSError, subprocess.CalledProcessError):
             if os.path.exists(image):
                 os.unlink(image)
+            if fs == "btrfs":
+                raise SystemExit("the btrfs driver needs a loop-mounted btrfs (root, btrfs-progs, a kernel with btrfs)")
             try:
                 subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", self.root],
                                check=True, capture_output=True)
@@ -76,7 +84,9 @@ class Workspace:
 
     def close(self) -> None:
         if self.kind != "plain directory":
-            subprocess.run(["umount", self.root], check=False)
+            # recursive: a driver's own mounts below the root (overlay's and btrfs's private
+            # bind mount of their home) go too, even after a failed round
+            subprocess.run(["umount", "-R", self.root], check=False)
         else:
             shutil.rmtree(self.root, ignore_errors=True)
         if self.image:
@@ -266,17 +276,28 @@ class Case:
 
 
 class Tools:
-    def __init__(self, ws: Workspace, cli: bool, inline_too: bool = False) -> None:
+    def __init__(self, ws: Workspace, cli: bool, inline_too: bool = False, driver: str = "vfs") -> None:
         self.ws = ws
         self.cli = cli
         self.inline_too = inline_too
+        self.driver = driver
 
-    def cs(self, kind: str) -> list[str]:
-        base = [GO or "containers-storage"] if kind == "go" else [LAMINA_CLI]
-        return base + ["--graph", self.ws.path(kind, "g"), "--run", self.ws.path(kind, "r"), "--storage-driver", "vfs"]
+    def cs(self, kind: str, tool: str = "") -> list[str]:
+        """The argv prefix of a CLI (*tool*: "go" or "cli", default after *kind*) on *kind*'s store."""
+        base = [GO or "containers-storage"] if (tool or kind) == "go" else [LAMINA_CLI]
+        return base + ["--graph", self.ws.path(kind, "g"), "--run", self.ws.path(kind, "r"),
+                       "--storage-driver", self.driver]
 
     def fresh(self, kind: str) -> None:
+        """Remove *kind*'s store; for overlay and btrfs first through the CLI that wrote it (their
+        layers are subvolumes, or the driver keeps a private mount of its home)."""
+        if self.driver != "vfs" and os.path.isdir(self.ws.path(kind, "g")):
+            cs = self.cs(kind, "go" if kind == "go" else "cli")
+            for cmd in (["wipe"], ["shutdown", "-f"]):
+                subprocess.run(cs + cmd, capture_output=True, timeout=120, check=False)
         remove_tree(self.ws.path(kind))
+        if self.driver == "btrfs":  # removed subvolumes are freed in the background: wait for it
+            subprocess.run(["btrfs", "subvolume", "sync", self.ws.root], capture_output=True, check=False)
 
     # -- GNU tar
 
@@ -300,15 +321,17 @@ class Tools:
     def cli_round(self, case: Case, kind: str, label: str) -> None:
         self.fresh(kind)
         cs = self.cs(kind)
-        parent: list[str] = []
-        if case.parent_tar:
-            parent = [run(cs + ["create-layer"]).split()[0]]
-            run(cs + ["applydiff", "-f", case.parent_tar, parent[0]])
-        layer = run(cs + ["create-layer", *parent]).split()[0]
-        case.add(f"{label} apply", timed(lambda: run(cs + ["applydiff", "-f", case.tar, layer])))
-        # no flag: the recorded compression (gzip for the .gz variant)
-        case.add(f"{label} diff", timed(lambda: drain_command(cs + ["diff", layer])))
-        self.fresh(kind)
+        try:
+            parent: list[str] = []
+            if case.parent_tar:
+                parent = [run(cs + ["create-layer"]).split()[0]]
+                run(cs + ["applydiff", "-f", case.parent_tar, parent[0]])
+            layer = run(cs + ["create-layer", *parent]).split()[0]
+            case.add(f"{label} apply", timed(lambda: run(cs + ["applydiff", "-f", case.tar, layer])))
+            # no flag: the recorded compression (gzip for the .gz variant)
+            case.add(f"{label} diff", timed(lambda: drain_command(cs + ["diff", layer])))
+        finally:
+            self.fresh(kind)
 
     # -- the Python API
 
@@ -316,7 +339,15 @@ class Tools:
         from lamina.store import Store
 
         self.fresh("api")
-        store = Store(self.ws.path("api", "g"), self.ws.path("api", "r"), driver_name="vfs")
+        store = Store(self.ws.path("api", "g"), self.ws.path("api", "r"), driver_name=self.driver)
+        try:
+            self._api_timings(store, case)
+        finally:
+            store.wipe()
+            store.shutdown(force=True)
+            self.fresh("api")
+
+    def _api_timings(self, store: Store, case: Case) -> None:
         parent = None
         if case.parent_tar:
             with open(case.parent_tar, "rb") as f:
@@ -344,13 +375,13 @@ class Tools:
                     case.add("inline apply", timed(lambda: store.apply_diff(layer2, f)))
             finally:
                 layercontent.PREFETCH_THREAD = saved
-        self.fresh("api")
 
 
 def cli_usable(ws: Workspace) -> bool:
     if not os.path.exists(LAMINA_CLI):
         return False
     probe = [LAMINA_CLI, "--graph", ws.path("probe", "g"), "--run", ws.path("probe", "r"), "--storage-driver", "vfs"]
+    # (the probe stays on vfs: it only asks whether the installed CLI works at all)
     try:
         layer = run(probe + ["create-layer"]).split()[0]
         empty = io.BytesIO()
@@ -406,6 +437,8 @@ def main() -> int:
     parser.add_argument("--corpus", default="debian,python,big,child", help="comma list")
     parser.add_argument("--no-gzip", action="store_true", help="skip the gzip variants")
     parser.add_argument("--only-gzip", action="store_true", help="skip the uncompressed variants")
+    parser.add_argument("--driver", choices=("vfs", "overlay", "btrfs"), default="vfs",
+                        help="graph driver for both tools (btrfs: the workspace is a loop-mounted btrfs)")
     parser.add_argument("--inline-too", action="store_true",
                         help="also time the API apply with layercontent.PREFETCH_THREAD=False")
     args = parser.parse_args()
@@ -436,11 +469,14 @@ def main() -> int:
             cases.append(Case(name + " .gz", gzipped(path), parent, True))
     biggest = max(os.path.getsize(c.tar) for c in cases) + max(
         (os.path.getsize(c.parent_tar) for c in cases if c.parent_tar), default=0)
-    ws = Workspace(max(1024, (biggest * 4 >> 20) + 512))
+    size_mib = max(1024, (biggest * 4 >> 20) + 512)
+    if args.driver == "btrfs":  # metadata chunks and not yet freed subvolumes take their share
+        size_mib *= 3
+    ws = Workspace(size_mib, "btrfs" if args.driver == "btrfs" else "ext4")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unmount on kill too
     try:
-        tools = Tools(ws, cli_usable(ws), args.inline_too)
-        print(f"workspace: {ws.kind}; runs: {args.runs}; lamina CLI: {'yes' if tools.cli else 'no'}; "
+        tools = Tools(ws, cli_usable(ws), args.inline_too, args.driver)
+        print(f"driver: {args.driver}; workspace: {ws.kind}; runs: {args.runs}; lamina CLI: {'yes' if tools.cli else 'no'}; "
               f"Go: {'yes' if GO else 'no'}", flush=True)
         for case in cases:
             case.size, case.entries = describe(case.tar)
