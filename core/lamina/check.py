@@ -958,10 +958,6 @@ def garbage_collect(store: "Store", max_age: float = 0.0) -> list[RepairAction]:
 # be in the middle of anything) completes or undoes that operation, whichever the records show
 # it had reached, and removes the temp files of interrupted atomic writes.
 
-def intents_dir(store: "Store") -> str:
-    return store.interrupted_work_dirs()[0]
-
-
 @contextlib.contextmanager
 def intent(store: "Store", op: str, **fields: Any) -> Iterator[None]:
     """Record that *op* is under way (called with the locks its operation needs held).
@@ -969,7 +965,7 @@ def intent(store: "Store", op: str, **fields: Any) -> Iterator[None]:
     If the block raises, the operation is recovered at once, as a crash would be on the next
     open, so a failure half-way (disk full while saving the record) leaves no inconsistency.
     """
-    directory = intents_dir(store)
+    directory = store.intents_dir
     os.makedirs(directory, mode=0o700, exist_ok=True)
     path = os.path.join(directory, f"{op}-{os.getpid()}-{os.urandom(6).hex()}.json")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -1089,7 +1085,7 @@ def recover_interrupted(store: "Store") -> list[str]:
     Returns a description of each thing done.
     """
     done: list[str] = []
-    directory = intents_dir(store)
+    directory = store.intents_dir
     with store._access(layers="w", images="w", containers="w"):
         pending = []
         for name in _list(directory):
@@ -1115,7 +1111,7 @@ def recover_interrupted(store: "Store") -> list[str]:
             done.append(f"recovered interrupted {it['op']} ({path})")
         layers = store.layer_store
         mounts_dir = os.path.dirname(layers.mounts_path) if layers.mounts_path is not None else None
-        for d in store.interrupted_work_dirs()[1]:
+        for d in store.temp_file_dirs():
             if d != mounts_dir:
                 done.extend(_sweep_temp_files(d))
         if mounts_dir is not None and layers.mounts_lock is not None:

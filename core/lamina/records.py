@@ -76,10 +76,6 @@ class _Record:
         object.__setattr__(record, "_cache", data)
         return record
 
-    def remember_loaded(self, raw: Json) -> None:
-        """Use the object read from disk as the cache (what was read is what gets written back)."""
-        object.__setattr__(self, "_cache", raw)
-
 
 def _put(out: Json, key: str, value: Any) -> None:
     """Set *key* unless *value* is empty (Go's omitempty)."""

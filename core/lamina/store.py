@@ -203,14 +203,18 @@ class Store:
     #: The directory (under the graph root, after the driver's name) of lamina.check's intents.
     INTENTS_SUFFIX = "-intents"
 
-    def interrupted_work_dirs(self) -> tuple[str, list[str]]:
-        """(the intents directory; the directories where interrupted atomic writes leave ``.tmp-*`` files)."""
+    @property
+    def intents_dir(self) -> str:
+        return os.path.join(self.graph_root, f"{self.driver_name}{self.INTENTS_SUFFIX}")
+
+    def temp_file_dirs(self) -> list[str]:
+        """The directories where interrupted atomic writes leave ``.tmp-*`` files."""
         temp_dirs = {self.layer_store.directory, self.image_store.directory, self.container_store.directory}
         if self.image_store_dir:
             temp_dirs.add(os.path.join(self.image_store_dir, f"{self.driver_name}-layers"))
         if self.layer_store.mounts_path is not None:
             temp_dirs.add(os.path.dirname(self.layer_store.mounts_path))
-        return os.path.join(self.graph_root, f"{self.driver_name}{self.INTENTS_SUFFIX}"), sorted(temp_dirs)
+        return sorted(temp_dirs)
 
     def _interrupted_work_left(self) -> bool:
         """Whether an intent or a ``.tmp-*`` file is present: a few directory listings, no locks.
@@ -218,8 +222,8 @@ class Store:
         What a dead process left is there before this looks; a live writer's temp file only
         makes the (locked) recovery run for nothing.
         """
-        intents, temp_dirs = self.interrupted_work_dirs()
-        for directory in [intents, *temp_dirs]:
+        intents = self.intents_dir
+        for directory in [intents, *self.temp_file_dirs()]:
             try:
                 names = os.listdir(directory)
             except (FileNotFoundError, NotADirectoryError):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lamina.errors import NotKnown
-
-from .common import MappingError, dir_size, fail, id_mappings_from_flags
+from .common import MappingError, dir_size, fail, id_mappings_from_flags, known
 from .output import err, go_error, go_json, out
 
 
@@ -96,12 +94,7 @@ def container(ctx: Any) -> int:
         images = store.images()
     except Exception as exc:
         return fail(exc)
-    matched = []
-    for arg in ctx.args:
-        try:
-            matched.append(store.container(arg))
-        except NotKnown:  # like Go: unknown names are skipped, the exit code says so
-            continue
+    matched = known(store.container, ctx.args)
     if ctx.json:
         out(go_json(matched))
     else:

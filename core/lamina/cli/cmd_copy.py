@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import posixpath
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from lamina.errors import LaminaError
 
 from .flags import go_quote
 from .output import err, go_error
+
+if TYPE_CHECKING:
+    from lamina.types import IDMappings
 
 
 class _CopyError(Exception):
@@ -29,6 +32,28 @@ def _parse_uint32(text: str) -> int:
 def _join(mount: str, path: str) -> str:
     """Go's filepath.Join: concatenate, then Clean (a trailing slash is dropped)."""
     return posixpath.normpath(mount + "/" + path)
+
+
+def _in_layer(store: Any, spec: str, mounted: list[str]) -> tuple[IDMappings, str] | None:
+    """(the ID maps, the host path) of a copy argument: ``LAYER:PATH`` mounts LAYER (its ID is
+    added to *mounted*), a plain path is the host's. None after printing Go's error."""
+    from lamina.types import IDMappings
+
+    if ":" not in spec:
+        return IDMappings(), spec
+    key, path = spec.split(":", 1)
+    try:
+        layer = store.layer(key)
+    except Exception as exc:
+        err(f'error finding layer "{go_quote(key)}": {go_error(exc)}\n')
+        return None
+    try:
+        mount = store.mount(layer.id, layer.mount_label)
+    except Exception as exc:
+        err(f'error mounting layer "{layer.id}": {go_error(exc)}\n')
+        return None
+    mounted.append(layer.id)
+    return IDMappings(tuple(layer.uidmap), tuple(layer.gidmap)), _join(mount, path)
 
 
 def _rechown(stream: BinaryIO, uid: int, gid: int) -> BinaryIO:
@@ -114,8 +139,6 @@ def _copy_file_with_tar(src: str, dst: str, st: os.stat_result, tar_maps: Any, c
 
 
 def copy(ctx: Any) -> int:
-    from lamina.types import IDMappings
-
     store = ctx.store
     args = list(ctx.args)
     chown = None
@@ -137,40 +160,15 @@ def copy(ctx: Any) -> int:
         chown = (uid, gid)
     mounted: list[str] = []
     try:
-        untar_maps = IDMappings()
-        target = args[-1]
-        if ":" in target:
-            key, path = target.split(":", 1)
-            try:
-                layer = store.layer(key)
-            except Exception as exc:
-                err(f'error finding layer "{go_quote(key)}": {go_error(exc)}\n')
-                return 1
-            untar_maps = IDMappings(tuple(layer.uidmap), tuple(layer.gidmap))
-            try:
-                mount = store.mount(layer.id, layer.mount_label)
-            except Exception as exc:
-                err(f'error mounting layer "{layer.id}": {go_error(exc)}\n')
-                return 1
-            mounted.append(layer.id)
-            target = _join(mount, path)
+        resolved = _in_layer(store, args[-1], mounted)
+        if resolved is None:
+            return 1
+        untar_maps, target = resolved
         for source in args[:-1]:
-            tar_maps = IDMappings()
-            if ":" in source:
-                key, path = source.split(":", 1)
-                try:
-                    layer = store.layer(key)
-                except Exception as exc:
-                    err(f'error finding layer "{go_quote(key)}": {go_error(exc)}\n')
-                    return 1
-                tar_maps = IDMappings(tuple(layer.uidmap), tuple(layer.gidmap))
-                try:
-                    mount = store.mount(layer.id, layer.mount_label)
-                except Exception as exc:
-                    err(f'error mounting layer "{layer.id}": {go_error(exc)}\n')
-                    return 1
-                mounted.append(layer.id)
-                source = _join(mount, path)
+            resolved = _in_layer(store, source, mounted)
+            if resolved is None:
+                return 1
+            tar_maps, source = resolved
             try:
                 copy_with_tar(source, target, tar_maps, chown, untar_maps)
             except Exception as exc:

@@ -6,9 +6,7 @@ import os
 import re
 from typing import Any
 
-from lamina.errors import NotKnown
-
-from .common import fail
+from .common import fail, known
 from .output import err, go_error, go_json, out
 
 _ENCODED = {"sha256": 64, "sha384": 96, "sha512": 128}
@@ -141,12 +139,7 @@ def image_size(store: Any, image: Any) -> int:
 
 def image(ctx: Any) -> int:
     store = ctx.store
-    matched = []
-    for arg in ctx.args:
-        try:
-            matched.append(store.image(arg))
-        except NotKnown:  # like Go: unknown names are skipped, the exit code says so
-            continue
+    matched = known(store.image, ctx.args)
     if ctx.json:
         out(go_json(matched))
     else:

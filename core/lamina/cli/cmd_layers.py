@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lamina.errors import LaminaError, NotKnown
+from lamina.errors import LaminaError
 
-from .common import MappingError, duplicate_name_message, fail, id_mappings_from_flags, open_input
+from .common import MappingError, duplicate_name_message, fail, id_mappings_from_flags, known, open_input
 from .flags import go_int_list
 from .logs import logrus
 from .output import err, go_error, go_json, out
@@ -214,12 +214,7 @@ def print_tree(nodes: list[tuple[str, str, list[str]]]) -> list[str]:
 
 
 def layer(ctx: Any) -> int:
-    matched = []
-    for arg in ctx.args:
-        try:
-            matched.append(ctx.store.layer(arg))
-        except NotKnown:  # like Go: unknown names are skipped, the exit code says so
-            continue
+    matched = known(ctx.store.layer, ctx.args)
     if ctx.json:
         out(go_json(matched))
     else:
@@ -294,12 +289,7 @@ def _owners_json(id: str, uids: Any, gids: Any) -> str:
 
 
 def layer_parent_owners(ctx: Any) -> int:
-    matched = []
-    for arg in ctx.args:
-        try:
-            matched.append(ctx.store.layer(arg))
-        except NotKnown:  # like Go: unknown names are skipped, the exit code says so
-            continue
+    matched = known(ctx.store.layer, ctx.args)
     for lyr in matched:
         try:
             uids, gids = parent_owners(lyr)
@@ -319,12 +309,7 @@ def layer_parent_owners(ctx: Any) -> int:
 
 
 def container_parent_owners(ctx: Any) -> int:
-    matched = []
-    for arg in ctx.args:
-        try:
-            matched.append(ctx.store.container(arg))
-        except NotKnown:
-            continue
+    matched = known(ctx.store.container, ctx.args)
     for ctr in matched:
         try:
             uids, gids = parent_owners(ctx.store.layer(ctr.layer))

@@ -33,10 +33,21 @@ def mount(ctx: Any) -> int:
     return 1 if any(r["error"] for r in results) else 0
 
 
+def _report(ctx: Any, results: list[dict[str, str]], doing: str, after: str = "") -> int:
+    """Go's ending of unmount/mounted: the JSON list with -j, else each error on stderr
+    (``<error> <doing> <id><after>``); returns the exit code."""
+    if ctx.json:
+        out(go_json(results))
+    else:
+        for r in results:
+            if r["error"]:
+                err(f"{r['error']} {doing} {r['id']}{after}\n")
+    return 1 if any(r["error"] for r in results) else 0
+
+
 def unmount(ctx: Any) -> int:
     store = ctx.store
     results = []
-    failed = False
     for arg in ctx.args:
         text = ""
         try:
@@ -48,20 +59,12 @@ def unmount(ctx: Any) -> int:
                 out(f"{arg} mountpoint unmounted\n")
         except Exception as exc:
             text = go_error(exc)
-            failed = True
         results.append({"id": arg, "error": text})
-    if ctx.json:
-        out(go_json(results))
-    else:
-        for r in results:
-            if r["error"]:
-                err(f"{r['error']} while unmounting {r['id']}\n")
-    return 1 if failed else 0
+    return _report(ctx, results, "while unmounting")
 
 
 def mounted(ctx: Any) -> int:
     results = []
-    failed = False
     for arg in ctx.args:
         text = ""
         try:
@@ -69,12 +72,5 @@ def mounted(ctx: Any) -> int:
                 out(f"{arg} mounted\n")
         except Exception as exc:
             text = go_error(exc)
-            failed = True
         results.append({"id": arg, "error": text})
-    if ctx.json:
-        out(go_json(results))
-    else:
-        for r in results:
-            if r["error"]:
-                err(f"{r['error']} checking if {r['id']} is mounted\n")
-    return 1 if failed else 0
+    return _report(ctx, results, "checking if", " is mounted")

@@ -19,6 +19,18 @@ def fail(exc: BaseException, op: str = "") -> int:
     return 1
 
 
+def known(lookup: Any, keys: list[str]) -> list[Any]:
+    """The records *keys* name, through *lookup* (e.g. ``store.layer``), in order; like Go, an
+    unknown key is skipped (commands then exit 1 because fewer records than keys were found)."""
+    found = []
+    for key in keys:
+        try:
+            found.append(lookup(key))
+        except NotKnown:
+            continue
+    return found
+
+
 def lookup_image(store: Any, key: str) -> Any:
     """Store.image(), failing with Go's Store.Image() text (``locating image with ID "x": ...``)."""
     from lamina.errors import ImageUnknown
