@@ -355,6 +355,76 @@ def test_dir_mtimes_set_after_contents_and_missing_parents_created(tmp_path: Pat
     assert stat.S_IMODE(os.lstat(dst / "x/y").st_mode) == 0o755
 
 
+def owner_and_mode(path: Path) -> tuple[int, int, int]:
+    st = os.lstat(path)
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)
+
+
+@pytest.fixture()
+def umask_077() -> Any:
+    old = os.umask(0o077)
+    yield
+    os.umask(old)
+
+
+def test_new_files_get_the_archives_owner_despite_set_gid_parents(tmp_path: Path) -> None:
+    """A file in a set-gid directory is born with the directory's group: the extractor must
+    chown it back even when the archive's owner is the extracting process's own."""
+    dst = tmp_path / "dst"
+    (dst / "pre").mkdir(parents=True)
+    os.chown(dst / "pre", 0, 777)
+    os.chmod(dst / "pre", 0o2755)
+    data = (TarBuilder().file("pre/f", b"1")
+            .dir("sg", mode=0o2775, gid=4321).file("sg/f", b"2").file("sg/g", b"3", gid=4321)
+            # "late/" is first made as a parent (0:0), then the archive's entry makes it set-gid
+            .file("late/f1", b"4").dir("late", mode=0o2755, gid=4321).file("late/f2", b"5")
+            .bytes())
+    apply_bytes(dst, data)
+    assert owner_and_mode(dst / "pre/f") == (0, 0, 0o644)
+    assert owner_and_mode(dst / "sg/f") == (0, 0, 0o644)
+    assert owner_and_mode(dst / "sg/g") == (0, 4321, 0o644)
+    assert owner_and_mode(dst / "late/f1") == (0, 0, 0o644)
+    assert owner_and_mode(dst / "late/f2") == (0, 0, 0o644)
+
+
+def test_new_files_get_the_archives_mode_whatever_the_umask(tmp_path: Path, umask_077: None) -> None:
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    modes = {"rw": 0o666, "x": 0o755, "ro": 0o444, "none": 0, "suid": 0o4755, "sgid": 0o2711,
+             "sticky": 0o1644, "own": 0o600, "suid-own": 0o4700, "sticky-own": 0o1600}
+    builder = TarBuilder()
+    for name, mode in modes.items():
+        builder.file(name, name.encode(), mode=mode, uid=0, gid=0)
+    builder.file("mine-suid", b"u", mode=0o6755, uid=os.geteuid(), gid=os.getegid())
+    apply_bytes(dst, builder.bytes())
+    for name, mode in modes.items():
+        assert owner_and_mode(dst / name) == (0, 0, mode), name
+    assert stat.S_IMODE(os.lstat(dst / "mine-suid").st_mode) == 0o6755
+
+
+def test_new_files_get_the_archives_mode_under_a_default_acl(tmp_path: Path) -> None:
+    """A default ACL, not the umask, shapes a new file's mode: the extractor must not trust
+    the mode it gave open()."""
+    dst = tmp_path / "dst"
+    (dst / "acl").mkdir(parents=True)
+    entries = [(0x01, 7), (0x04, 5), (0x20, 0)]  # user::rwx group::r-x other::---
+    value = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                            for tag, perm in entries)
+    try:
+        os.setxattr(dst / "acl", "system.posix_acl_default", value)
+    except OSError as e:
+        pytest.skip(f"this filesystem takes no POSIX ACLs: {e}")
+    probe = dst / "acl/probe"
+    probe.write_bytes(b"")
+    os.chmod(probe, 0o600)  # (the ACL is really in force: a new file would lose other's bits)
+    with open(dst / "acl/check", "w"):
+        pass
+    assert stat.S_IMODE(os.lstat(dst / "acl/check").st_mode) & 0o007 == 0
+    apply_bytes(dst, TarBuilder().file("acl/f", b"x", mode=0o644).file("acl/g", b"y", mode=0o755).bytes())
+    assert owner_and_mode(dst / "acl/f") == (0, 0, 0o644)
+    assert owner_and_mode(dst / "acl/g") == (0, 0, 0o755)
+
+
 def test_force_mask_sets_mode_and_records_original(tmp_path: Path) -> None:
     dst = tmp_path / "dst"
     dst.mkdir()
