@@ -451,6 +451,27 @@ def test_prefetch_thread_mode(store: Store, monkeypatch: pytest.MonkeyPatch) -> 
     assert [layer.id] == [x.id for x in store.layers()]
 
 
+
+def test_hashing_moves_to_a_thread_once_the_input_is_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    def hash_threads() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "lamina-layer-input-hash"]
+
+    monkeypatch.setattr(lc, "_HASH_THREAD_AFTER", 1000)
+    hashes, digest = lc._Hashes(), hashlib.sha256()
+    hashes.update(digest, b"a" * 600)  # not started: inline
+    hashes.start()
+    hashes.update(digest, b"b" * 600)  # 600 bytes so far: still inline
+    assert not hash_threads()
+    hashes.update(digest, b"c" * 600)  # 1200: from now on in the thread, in order
+    hashes.update(digest, b"d" * 600)
+    assert len(hash_threads()) == 1
+    hashes.close(discard=False)
+    assert not hash_threads()
+    assert digest.hexdigest() == hashlib.sha256(b"a" * 600 + b"b" * 600 + b"c" * 600 + b"d" * 600).hexdigest()
+
+
 def test_tree_files_never_leave_the_layer(tmp_path: Path) -> None:
     root = tmp_path / "layer"
     (root / "etc").mkdir(parents=True)

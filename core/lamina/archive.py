@@ -32,6 +32,7 @@ import os
 import pwd
 import shutil
 import stat
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Generator, Iterable, Iterator
@@ -92,7 +93,7 @@ _HEADER_ONLY = frozenset({_LNK, _SYM, _CHR, _BLK, _DIR, _FIFO})
 # ---------------------------------------------------------------------------- tar codec
 
 
-@dataclass
+@dataclass(slots=True)
 class TarHeader:
     """One logical tar entry (extension headers already folded in)."""
 
@@ -283,6 +284,49 @@ def _cstring(field_: bytes) -> bytes:
     return field_ if i < 0 else field_[:i]
 
 
+# name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic+version, uname, gname,
+# devmajor, devminor, prefix: the ustar header block's fields
+_HEADER_FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s")
+_PLAIN_TYPES = frozenset((b"0", b"\0", b"1", b"2", b"5"))
+
+
+def _plain_header(block: bytes) -> TarHeader | None:
+    """The entry of a header block that needs no care: only octal numbers (none negative), an
+    unsigned checksum that matches, a regular, link or directory type. None for anything
+    else, which the careful parser then handles (and reports)."""
+    (name, mode, uid, gid, size, mtime, chksum, typeflag, linkname, magic, _uname, _gname,
+     devmajor, devminor, prefix) = _HEADER_FIELDS.unpack_from(block)
+    if typeflag not in _PLAIN_TYPES or (
+            mode[0] | uid[0] | gid[0] | size[0] | mtime[0] | chksum[0] | devmajor[0] | devminor[0]) & 0x80:
+        return None
+    try:
+        if int(chksum.strip(b" \0") or b"0", 8) != block_sum(block) - sum(chksum) + 8 * 0x20:
+            return None
+        h = TarHeader(
+            name="",
+            typeflag=typeflag,
+            mode=int(mode.strip(b" \0") or b"0", 8),
+            uid=int(uid.strip(b" \0") or b"0", 8),
+            gid=int(gid.strip(b" \0") or b"0", 8),
+            size=int(size.strip(b" \0") or b"0", 8),
+            mtime_ns=int(mtime.strip(b" \0") or b"0", 8) * 1_000_000_000,
+            linkname=os.fsdecode(_cstring(linkname)),
+            devmajor=int(devmajor.strip(b" \0") or b"0", 8),
+            devminor=int(devminor.strip(b" \0") or b"0", 8),
+        )
+    except ValueError:
+        return None
+    if h.size < 0 or h.uid < 0 or h.gid < 0:
+        return None
+    name = _cstring(name)
+    if magic[:6] == b"ustar\0":
+        prefix = _cstring(prefix)
+        if prefix:
+            name = prefix + b"/" + name
+    h.name = os.fsdecode(name)
+    return h
+
+
 def _parse_number(field_: bytes, what: str, where: str) -> int:
     if field_ and field_[0] & 0x80:
         if field_[0] & 0x40:  # negative, two's complement
@@ -343,8 +387,12 @@ class _TarReader:
         self._current: TarHeader | None = None
 
     def _read(self, n: int) -> bytes:
-        chunks: list[bytes] = []
-        got = 0
+        first = self._stream.read(n)
+        if len(first) == n or not first:
+            self.offset += len(first)
+            return first
+        chunks: list[bytes] = [first]
+        got = len(first)
         while got < n:
             b = self._stream.read(n - got)
             if not b:
@@ -392,16 +440,38 @@ class _TarReader:
 
     def next(self) -> TarHeader | None:
         """The next entry, or None at the end of the archive."""
-        self._skip_rest()
+        if self._remaining:
+            self._skip_rest()
         self._current = None
+        start = self.offset
+        block = self._read(_BLOCK)
+        if len(block) == _BLOCK:
+            h = _plain_header(block)  # (None for a zero block too: its checksum cannot match)
+            if h is not None:
+                h.offset = start
+                return self._started(h)
+        return self._next_careful(block, start)
+
+    def _started(self, h: TarHeader) -> TarHeader:
+        """*h*, its type normalised, made the current entry."""
+        if h.typeflag == _AREG:
+            h.typeflag = _DIR if h.name.endswith("/") else _REG
+        elif h.typeflag == _CONTIG:
+            h.typeflag = _REG
+        if h.typeflag in _HEADER_ONLY:
+            h.size = 0
+        self._remaining = h.size + _pad_len(h.size)
+        self._current = h
+        return h
+
+    def _next_careful(self, block: bytes, start: int) -> TarHeader | None:
+        """next() from the header *block* just read at *start*: every extension and check."""
         pax: dict[str, bytes] = {}
         long_name: bytes | None = None
         long_link: bytes | None = None
-        start = self.offset
+        hoff = start
         while True:
-            hoff = self.offset
             where = f"tar header at offset {hoff}"
-            block = self._read(_BLOCK)
             pending = bool(pax) or long_name is not None or long_link is not None
             if not block:
                 if pending:
@@ -438,6 +508,8 @@ class _TarReader:
                     long_name = _cstring(data)
                 else:
                     long_link = _cstring(data)
+                hoff = self.offset
+                block = self._read(_BLOCK)
                 continue
             h = self._build(block, typeflag, size, where)
             h.offset = start
@@ -446,15 +518,7 @@ class _TarReader:
             if long_link is not None:
                 h.linkname = os.fsdecode(long_link)
             self._apply_pax(h, pax, where)
-            if h.typeflag == _AREG:
-                h.typeflag = _DIR if h.name.endswith("/") else _REG
-            elif h.typeflag == _CONTIG:
-                h.typeflag = _REG
-            if h.typeflag in _HEADER_ONLY:
-                h.size = 0
-            self._remaining = h.size + _pad_len(h.size)
-            self._current = h
-            return h
+            return self._started(h)
 
     @staticmethod
     def _check_sum(block: bytes, where: str) -> None:
@@ -1442,11 +1506,15 @@ class _Applier:
                 self._replace(pfd, leaf)
                 fd = os.open(leaf, flags, initial, dir_fd=pfd)
             try:
-                while True:
-                    chunk = reader.read_data(_CHUNK)
-                    if not chunk:
-                        break
-                    _write_all(fd, chunk)
+                left = h.size
+                while left:
+                    chunk = reader.read_data(min(left, _CHUNK))
+                    if not chunk:  # (read_data raises on a short archive; this guards the loop)
+                        raise ArchiveError(f"{h.where()}: the entry's data ended early")
+                    written = os.write(fd, chunk)
+                    if written != len(chunk):  # a short write: the rest in a loop
+                        _write_all(fd, memoryview(chunk)[written:])
+                    left -= len(chunk)
                 self.size += h.size
                 if quick:  # the usual file: _fd_meta's calls, inlined, and only where they change something
                     chown, chmod = self._new_file_meta_needed(pfd, uid, gid, mode)

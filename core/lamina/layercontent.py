@@ -54,6 +54,9 @@ _ZSTD_BLOCK = 1 << 17
 _PREFETCH = 4  # chunks decoded ahead of the extractor
 _THREAD_CHUNK = 4 << 20  # bytes per decompressed chunk in the producer thread (fewer GIL handoffs)
 _THREAD_FIRST_CHUNK = 1 << 17  # its first chunk: small, so that extraction starts early (then doubling)
+#: Bytes hashed in the producer itself before hashing gets a thread of its own: on a small layer
+#: the extraction is the bottleneck, and a third busy thread only takes CPU time from it.
+_HASH_THREAD_AFTER = 16 << 20
 #: Read, decompress and hash the input in a producer thread, overlapping with tar-split and
 #: extraction in the caller's thread (reads, zlib/isal/zstd and hashlib release the GIL).
 #: None: the default, a thread for every input (uncompressed input gains its reading and
@@ -83,23 +86,31 @@ def tar_split_path(records: "LayerRecords", layer_id: str) -> str:
 
 
 class _Hashes:
-    """Feeds hash objects, in the order given, inline or (after :meth:`start`) in a thread of its
-    own, so that hashing (hashlib releases the GIL) runs beside decompression and extraction."""
+    """Feeds hash objects, in the order given, inline or, once :meth:`start` was called and
+    :data:`_HASH_THREAD_AFTER` bytes were hashed, in a thread of its own, so that hashing
+    (hashlib releases the GIL) runs beside decompression and extraction. Updates come from one
+    thread at a time (the caller's, then the producer's)."""
 
     def __init__(self) -> None:
         self._queue: "queue.Queue[tuple[Any, bytes] | None]" = queue.Queue(maxsize=_PREFETCH * 4)
         self._thread: threading.Thread | None = None
         self._discard = False
+        self._may_thread = False
+        self._inline = 0  # bytes hashed inline so far
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="lamina-layer-input-hash", daemon=True)
-        self._thread.start()
+        """Let hashing move to a thread of its own once the input proves large."""
+        self._may_thread = True
 
     def update(self, hash_: Any, data: bytes) -> None:
         if self._thread is None:
-            hash_.update(data)
-        else:
-            self._queue.put((hash_, data))
+            if not self._may_thread or self._inline < _HASH_THREAD_AFTER:
+                self._inline += len(data)
+                hash_.update(data)
+                return
+            self._thread = threading.Thread(target=self._run, name="lamina-layer-input-hash", daemon=True)
+            self._thread.start()
+        self._queue.put((hash_, data))
 
     def _run(self) -> None:
         while True:
@@ -112,6 +123,7 @@ class _Hashes:
     def close(self, discard: bool) -> None:
         """Finish every update given (or, with *discard*, drop what is still queued) and stop."""
         thread, self._thread = self._thread, None
+        self._may_thread = False
         if thread is None:
             return
         self._discard = discard

@@ -53,6 +53,7 @@ _ZERO_BLOCK = bytes(BLOCK)
 _MAX_META = 1 << 20  # Go's archive/tar refuses PAX/GNU meta entries larger than this
 _TRAILER_CHUNK = 1 << 20  # tar-split reads what follows the archive in chunks of this size
 _HEADER_ONLY = frozenset(b"123456")  # link, symlink, char, block, dir, fifo: no data section
+_PLAIN_FLAGS = frozenset(b"\x000125")  # what TarSplitter._plain_entry takes: files, links, dirs
 
 
 class TarFormatError(ArchiveError):
@@ -84,6 +85,7 @@ class Entry:
 
 
 _JSON_SPECIAL = re.compile('[\x00-\x1f"\\\\<>&\u2028\u2029]')
+_JSON_CAREFUL_NAME = re.compile(rb'[^\x20-\x7e]|["\\<>&]')  # bytes a name is not written as-is with
 _JSON_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -142,6 +144,8 @@ def clean_path(name: bytes) -> bytes:
     """Go's ``filepath.Clean`` on a byte path."""
     if not name:
         return b"."
+    if b"//" not in name and b"/." not in name and name[-1] != 0x2F and name[0] != 0x2E:
+        return name  # no empty, "." or ".." component, no trailing slash: already clean
     rooted = name.startswith(b"/")
     out: list[bytes] = []
     for part in name.split(b"/"):
@@ -178,7 +182,11 @@ class JSONPacker:
         if cleaned in self._seen:
             raise ArchiveError("duplicates of file paths not supported")
         self._seen.add(cleaned)
-        self._write(encode_entry(Entry(FILE_TYPE, name, size, payload, self.position)))
+        if size > 0 and payload is not None and name and _JSON_CAREFUL_NAME.search(name) is None:
+            self._write(b'{"type":1,"name":"%s","size":%d,"payload":"%s","position":%d}\n'
+                        % (name, size, _b64(payload), self.position))
+        else:
+            self._write(encode_entry(Entry(FILE_TYPE, name, size, payload, self.position)))
         self.position += 1
 
 
@@ -500,6 +508,11 @@ class TarSplitter:
                 if not self._need:
                     self._end_body()
             elif state == _HEADER or state == _ZERO2:
+                if state == _HEADER and end - pos >= BLOCK and not (self._blk or self._pax or self._long_name):
+                    after = self._plain_entry(view, pos, end)
+                    if after:
+                        pos = after
+                        continue
                 take = min(BLOCK - len(self._blk), end - pos)
                 if not self._blk and take == BLOCK:
                     block = bytes(view[pos:pos + BLOCK])
@@ -550,6 +563,57 @@ class TarSplitter:
                 raise TarFormatError("tar stream already failed or closed", entry=self._last_name,
                                      offset=self.offset)
         self.offset += end
+
+    def _plain_entry(self, view: memoryview, pos: int, end: int) -> int:
+        """The common case in one step: a USTAR header, or a GNU one without access and change
+        times (regular file, link or directory; no extension before it) whose data and padding
+        are all in *view*. Returns the position
+        after it, or 0 when the entry is not that simple (the state machine then takes it,
+        and reports whatever is wrong with it)."""
+        block = bytes(view[pos:pos + BLOCK])
+        flag = block[156]
+        if flag not in _PLAIN_FLAGS:
+            return 0
+        magic = block[257:265]
+        if magic == b"ustar  \0":  # GNU: the prefix field holds times instead
+            if block[345] or block[357]:
+                return 0
+            prefix = b""
+        elif magic[:6] == b"ustar\0" and block[508:512] != b"tar\0":  # (not star's)
+            prefix = _cstring(block[345:500])
+        else:
+            return 0
+        if not _checksum_ok(block):
+            return 0
+        try:
+            size, uid, gid = _numeric(block[124:136]), _numeric(block[108:116]), _numeric(block[116:124])
+        except ValueError:
+            return 0
+        name = _cstring(block[:100])
+        if prefix:
+            name = prefix + b"/" + name
+        data = 0 if flag in _HEADER_ONLY or (flag == 0 and name.endswith(b"/")) else size
+        start = pos + BLOCK
+        after = start + data + (-data % BLOCK)
+        if size < 0 or after > end:
+            return 0
+        self._entry_offset = self.offset + pos
+        if not _is_whiteout(name):
+            self.uids.add(uid & 0xFFFFFFFF)
+            self.gids.add(gid & 0xFFFFFFFF)
+        raw = self._raw
+        raw += block
+        self.packer.add_segment(raw)
+        self._raw = bytearray(view[start + data:after])
+        self._name = name
+        self._last_name = name.decode("utf-8", "surrogateescape")
+        self.entries += 1
+        crc = crc64.update(view[start:start + data], 0) if data else 0
+        try:
+            self.packer.add_file(name, size, crc64.digest(crc) if size > 0 else None)
+        except ArchiveError as exc:
+            raise self._fail(str(exc), entry=self._last_name) from None
+        return after
 
     def _on_block(self, block: bytes, block_offset: int) -> None:
         if self._state == _ZERO2:
