@@ -310,6 +310,11 @@ def test_records_equal_what_go_writes(tmp_path: Path) -> None:
         "global": build_tar([("file", "x", b"abc", {})], fmt=tarfile.PAX_FORMAT, pax_headers={"comment": "hi"}),
         "raw-name": build_tar([("file", b"caf\xe9".decode("utf-8", "surrogateescape"), b"x", {})],
                               encoding="utf-8", errors="surrogateescape"),
+        "ustar": build_tar([("dir", "p" * 120 + "/", b"", {}),
+                            ("file", "p" * 120 + "/" + "q" * 50, b"prefixed", {"uid": 7, "gid": 8}),
+                            ("file", "./dot/x", b"unclean name", {}), ("symlink", "./dot/s", "x", {}),
+                            ("hardlink", "./dot/h", "./dot/x", {}), ("file", "empty", b"", {})],
+                           fmt=tarfile.USTAR_FORMAT),
         "no-end": build_tar([("file", "x", b"abc", {})])[:1024],
         "empty": b"",
     }
