@@ -301,6 +301,17 @@ def _gnu_tar(tmp: Path) -> bytes:
                           check=True).stdout
 
 
+def _with_size_field(data: bytes, entry: int, size: int) -> bytes:
+    """*data* with the size field of its *entry*-th header block (one-block entries before it)
+    set to *size* and the checksum made right again."""
+    out = bytearray(data)
+    at = entry * 512
+    out[at + 124:at + 136] = b"%011o\0" % size
+    out[at + 148:at + 156] = b" " * 8
+    out[at + 148:at + 156] = b"%06o\0 " % sum(out[at:at + 512])
+    return bytes(out)
+
+
 @needs_go
 def test_records_equal_what_go_writes(tmp_path: Path) -> None:
     corpus = {
@@ -315,6 +326,10 @@ def test_records_equal_what_go_writes(tmp_path: Path) -> None:
                             ("file", "./dot/x", b"unclean name", {}), ("symlink", "./dot/s", "x", {}),
                             ("hardlink", "./dot/h", "./dot/x", {}), ("file", "empty", b"", {})],
                            fmt=tarfile.USTAR_FORMAT),
+        # a directory and a symlink whose headers give a size (their data sections stay empty)
+        "header-only-sized": _with_size_field(_with_size_field(build_tar(
+            [("dir", "d/", b"", {}), ("symlink", "l", "d", {}), ("file", "f", b"x", {})],
+            fmt=tarfile.USTAR_FORMAT), 0, 7), 1, 600),
         "no-end": build_tar([("file", "x", b"abc", {})])[:1024],
         "empty": b"",
     }
