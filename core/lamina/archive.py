@@ -33,6 +33,7 @@ import pwd
 import shutil
 import stat
 import struct
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Generator, Iterable, Iterator
@@ -288,6 +289,7 @@ def _cstring(field_: bytes) -> bytes:
 # devmajor, devminor, prefix: the ustar header block's fields
 _HEADER_FIELDS = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s")
 _PLAIN_TYPES = frozenset((b"0", b"\0", b"1", b"2", b"5"))
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()  # os.fsdecode's
 
 
 def _plain_header(block: bytes) -> TarHeader | None:
@@ -310,7 +312,7 @@ def _plain_header(block: bytes) -> TarHeader | None:
             gid=int(gid.strip(b" \0") or b"0", 8),
             size=int(size.strip(b" \0") or b"0", 8),
             mtime_ns=int(mtime.strip(b" \0") or b"0", 8) * 1_000_000_000,
-            linkname=os.fsdecode(_cstring(linkname)),
+            linkname=_cstring(linkname).decode(_FS_ENCODING, _FS_ERRORS) if linkname[0] else "",
             devmajor=int(devmajor.strip(b" \0") or b"0", 8),
             devminor=int(devminor.strip(b" \0") or b"0", 8),
         )
@@ -323,7 +325,7 @@ def _plain_header(block: bytes) -> TarHeader | None:
         prefix = _cstring(prefix)
         if prefix:
             name = prefix + b"/" + name
-    h.name = os.fsdecode(name)
+    h.name = name.decode(_FS_ENCODING, _FS_ERRORS)
     return h
 
 
@@ -1268,6 +1270,7 @@ class _Applier:
         self.ancestors: set[str] = set()
         self.dir_times: list[tuple[list[str], int, int]] = []
         self.root_ids = opts.mappings.root_pair()
+        self._identity = opts.mappings.empty  # no ID maps: archive IDs are host IDs
         #: Owners and modes are set as the archive says, failures are errors: no special cases.
         self._plain_meta = opts.force_mask is None and not opts.ignore_chown_errors
         # Open parent directories by archive path (entries come grouped by directory). Dropped,
@@ -1314,6 +1317,8 @@ class _Applier:
     # -- helpers
 
     def _host_ids(self, h: TarHeader) -> tuple[int, int]:
+        if self._identity:
+            return h.uid, h.gid
         try:
             return self.opts.mappings.to_host(h.uid, h.gid)
         except ValueError as e:

@@ -433,6 +433,8 @@ def _parse_pax(data: bytes) -> dict[bytes, bytes]:
 
 def _is_whiteout(name: bytes) -> bool:
     """Whether Go's ``path.Base(name)`` starts with ``.wh.``."""
+    if b".wh." not in name:
+        return False
     stripped = name.rstrip(b"/")
     return stripped.rsplit(b"/", 1)[-1].startswith(b".wh.")
 
