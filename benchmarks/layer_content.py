@@ -442,7 +442,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--big-mib", type=int, default=64, help="size of the incompressible corpus (MiB)")
     parser.add_argument("--full", action="store_true", help="use 512 MiB of incompressible files")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds per tool and corpus entry (the median is reported)")
     parser.add_argument("--corpus", default="debian,python,big,child", help="comma list")
     parser.add_argument("--no-gzip", action="store_true", help="skip the gzip variants")
     parser.add_argument("--only-gzip", action="store_true", help="skip the uncompressed variants")
