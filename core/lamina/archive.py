@@ -1278,8 +1278,8 @@ class _Applier:
         # _removing): a cached fd must never stand for a path that now names something else.
         self._dirs: dict[tuple[str, ...], tuple[int, list[str]]] = {}
         # A regular file is created with its final mode and owned by this process. Where that
-        # already is what the archive asks for, fchown/fchmod are skipped (two of the five
-        # metadata calls per file). Owner: the file's gid comes from its parent when that is
+        # already is what the archive asks for, fchown/fchmod are skipped (two of the six
+        # calls per file). Owner: the file's gid comes from its parent when that is
         # set-gid (or the fs mounted grpid), so the parent's gid must be ours too. Mode: the
         # umask shapes it, unless the parent has a default ACL. Both facts are kept per cached
         # parent fd (_parent_facts), and forgotten whenever a directory's metadata is set.
@@ -1521,7 +1521,7 @@ class _Applier:
                         _write_all(fd, memoryview(chunk)[written:])
                     left -= len(chunk)
                 self.size += h.size
-                if quick:  # the usual file: _fd_meta's calls, inlined, and only where they change something
+                if quick:  # the usual file: _fd_meta's calls inlined, each only where it changes something
                     chown, chmod = self._new_file_meta_needed(pfd, uid, gid, mode)
                     if chown:
                         os.fchown(fd, uid, gid)

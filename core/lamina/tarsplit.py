@@ -510,7 +510,8 @@ class TarSplitter:
                 if not self._need:
                     self._end_body()
             elif state == _HEADER or state == _ZERO2:
-                if state == _HEADER and end - pos >= BLOCK and not (self._blk or self._pax or self._long_name):
+                if state == _HEADER and end - pos >= BLOCK and not (
+                        self._blk or self._pax or self._long_name):
                     after = self._plain_entry(view, pos, end)
                     if after:
                         pos = after
@@ -569,9 +570,8 @@ class TarSplitter:
     def _plain_entry(self, view: memoryview, pos: int, end: int) -> int:
         """The common case in one step: a USTAR header, or a GNU one without access and change
         times (regular file, link or directory; no extension before it) whose data and padding
-        are all in *view*. Returns the position
-        after it, or 0 when the entry is not that simple (the state machine then takes it,
-        and reports whatever is wrong with it)."""
+        are all in *view*. Returns the position after it, or 0 when the entry is not that
+        simple (the state machine then takes it, and reports whatever is wrong with it)."""
         block = bytes(view[pos:pos + BLOCK])
         flag = block[156]
         if flag not in _PLAIN_FLAGS:
