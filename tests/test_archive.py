@@ -651,6 +651,17 @@ def test_whiteouts_overlay(tmp_path: Path) -> None:
     assert (dst / "d/old").exists()  # overlay hides it at mount time; nothing deleted here
 
 
+def test_overlay_whiteouts_get_the_archives_owner(tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    (dst / "sg").mkdir(parents=True)
+    os.chown(dst / "sg", 0, 4321)
+    os.chmod(dst / "sg", 0o2755)
+    data = TarBuilder().file("sg/.wh.mine", uid=0, gid=0).file("sg/.wh.theirs", uid=5, gid=6).bytes()
+    apply_bytes(dst, data, whiteouts="overlay")
+    for name, owner in (("mine", (0, 0)), ("theirs", (5, 6))):
+        st = os.lstat(dst / "sg" / name)
+        assert stat.S_ISCHR(st.st_mode) and (st.st_uid, st.st_gid) == owner, name
+
 def test_parent_seen_through_a_removed_symlink_is_looked_up_again(tmp_path: Path) -> None:
     # The extractor keeps parent directories open between entries: once the symlink "a" that
     # led to "x" is whited out (or replaced by a directory), "a/f2" must land in a new "a".

@@ -1302,7 +1302,7 @@ class _Applier:
         self._parent_facts.clear()  # (keyed by fd: a closed fd's number may come back)
 
     def _new_file_meta_needed(self, pfd: int, uid: int, gid: int, mode: int) -> tuple[bool, bool]:
-        """(fchown needed, fchmod needed) for a regular file just created in *pfd* with
+        """(fchown needed, fchmod needed) for a file or node just created in *pfd* with
         ``mode & 0o777``."""
         facts = self._parent_facts.get(pfd)
         if facts is None:
@@ -1448,9 +1448,10 @@ class _Applier:
         if self.whiteouts == "overlay":
             uid, gid = self._host_ids(h)
             os.mknod(orig, stat.S_IFCHR | 0, os.makedev(0, 0), dir_fd=pfd)
-            self._chown(
-                lambda: os.chown(orig, uid, gid, dir_fd=pfd, follow_symlinks=False), orig
-            )
+            if self._new_file_meta_needed(pfd, uid, gid, 0)[0]:  # (born ours, like a new file)
+                self._chown(
+                    lambda: os.chown(orig, uid, gid, dir_fd=pfd, follow_symlinks=False), orig
+                )
 
     def _clear_opaque(self, dir_fd: int, prefix: str) -> None:
         """Remove everything below *dir_fd* that this archive did not put there."""
