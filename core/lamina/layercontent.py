@@ -295,11 +295,11 @@ class _ChunkedReader(io.RawIOBase):
 class _LayerInput(_ChunkedReader):
     """The uncompressed tar handed to the driver; reading it hashes, counts and splits it.
 
-    A producer thread (see :data:`PREFETCH_THREAD`) reads the caller's stream and decompresses
-    it a chunk at a time, up to :data:`_PREFETCH` chunks ahead of the reader, and a second thread
-    (:class:`_Hashes`) hashes both streams, so that this work (outside the GIL) overlaps with the
-    extraction; the reader
-    tar-splits each chunk as it takes it (Python code: it would only contend for the GIL in the
+    A producer thread (see :data:`PREFETCH_THREAD`) reads the caller's stream, decompresses it
+    and hashes both streams a chunk at a time, up to :data:`_PREFETCH` chunks ahead of the
+    reader (hashing gets a thread of its own once the input is large, see :class:`_Hashes`), so
+    that this work (outside the GIL) overlaps with the extraction; the reader tar-splits each
+    chunk as it takes it (Python code: it would only contend for the GIL in the
     producer). A chunk is handed out only after the splitter accepted it; a corrupt archive
     raises :class:`~lamina.tarsplit.TarFormatError` (or ArchiveError for broken compression)
     from ``read`` and is kept in :attr:`error`. :meth:`close` stops and joins the producer.

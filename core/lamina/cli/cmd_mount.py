@@ -23,25 +23,22 @@ def mount(ctx: Any) -> int:
             results.append({"id": arg, "mountpoint": path, "error": ""})
         except Exception as exc:
             results.append({"id": arg, "mountpoint": "", "error": go_error(exc)})
-    if ctx.json:
-        out(go_json(results))
-    else:
-        for r in results:
-            if r["error"]:
-                err(f"{r['error']} while mounting {r['id']}\n")
-            out(f"{r['mountpoint']}\n")
-    return 1 if any(r["error"] for r in results) else 0
+    return _report(ctx, results, "while mounting", show="mountpoint")
 
 
-def _report(ctx: Any, results: list[dict[str, str]], doing: str, after: str = "") -> int:
-    """Go's ending of unmount/mounted: the JSON list with -j, else each error on stderr
-    (``<error> <doing> <id><after>``); returns the exit code."""
+def _report(ctx: Any, results: list[dict[str, str]], doing: str, after: str = "",
+            show: str = "") -> int:
+    """Go's ending of mount/unmount/mounted: the JSON list with -j, else each error on stderr
+    (``<error> <doing> <id><after>``), each followed by the result's *show* field on stdout
+    when one is named; returns the exit code."""
     if ctx.json:
         out(go_json(results))
     else:
         for r in results:
             if r["error"]:
                 err(f"{r['error']} {doing} {r['id']}{after}\n")
+            if show:
+                out(f"{r[show]}\n")
     return 1 if any(r["error"] for r in results) else 0
 
 
